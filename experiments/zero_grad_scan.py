@@ -1,0 +1,48 @@
+"""The first question's measurement: which (test image, target) pairs get exactly-zero
+gradients, and whether that is exactly where Keras 2's probability clip is flat."""
+from __future__ import annotations
+
+from typing import Any, Dict
+
+import torch
+from torch import nn
+
+from models.losses import KERAS_EPSILON, keras_probabilities, target_probability_clipped
+from probes.pair_scan import LossFn, pair_scan
+
+
+def scan_zero_gradients(model: nn.Module, images: torch.Tensor, loss_fn: LossFn, norms_for: int = 0) -> Dict[str, Any]:
+    """Pair-scan ``images`` against all 10 targets; return the summary facts and the raw result."""
+    result = pair_scan(model, images, loss_fn, norms_for=norms_for)
+    target_prob = keras_probabilities(result.logits)  # the p Keras 2 clips: (N, 10)
+    clipped = target_probability_clipped(target_prob)
+    all_zero = result.all_zero
+    facts = {
+        "pairs": int(all_zero.numel()),
+        "all_zero": int(all_zero.sum()),
+        "all_zero_fraction": float(all_zero.float().mean()),
+        "eps": KERAS_EPSILON,
+        "clipped": int(clipped.sum()),
+        "all_zero_iff_target_prob_clipped": bool(torch.equal(all_zero, clipped)),
+        "all_zero_but_not_clipped": int((all_zero & ~clipped).sum()),
+        "clipped_but_not_all_zero": int((clipped & ~all_zero).sum()),
+        "min_target_prob": float(target_prob.min()),
+        "flags_from_output_grad": result.flags_from_output_grad,
+    }
+    return {"facts": facts, "result": result, "target_prob": target_prob}
+
+
+def describe(facts: Dict[str, Any], loss: str) -> str:
+    """The scan's result in one plain sentence with its numbers."""
+    pct = 100 * facts["all_zero_fraction"]
+    head = f"{pct:.1f}% of {facts['pairs']} (image, target) pairs have exactly zero gradient"
+    if facts["all_zero"] == 0:
+        tail = (f"; smallest target probability {facts['min_target_prob']:.2g}"
+                + (" (predictions not yet confident enough for the clip to bite)" if loss == "keras" else ""))
+        return head + tail
+    if facts["all_zero_iff_target_prob_clipped"]:
+        return (head + "; every one has target probability < 1e-7 or > 1 - 1e-7, where Keras 2's "
+                "categorical_crossentropy clips, and no other pair does" +
+                ("; --loss logits removes them" if loss == "keras" else ""))
+    return (head + f"; {facts['all_zero_but_not_clipped']} of them are not explained by the clip and "
+            f"{facts['clipped_but_not_all_zero']} clipped pairs still have a gradient")

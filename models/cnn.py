@@ -1,0 +1,37 @@
+"""The MNIST CNN of the first question, layer for layer as its Keras code built it."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .keras_layers import KerasBatchNorm1d, KerasBatchNorm2d, glorot_uniform_
+
+
+class KerasCNN(nn.Module):
+    """Conv64-ReLU-BN, Conv64-ReLU-BN, MaxPool2, Dropout .5, Dense128-ReLU-BN, Dropout .5,
+    Dense10. Returns logits: the question's softmax is applied by the loss."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 64, 3)  # Keras Conv2D(64, (3,3)), padding="valid"
+        self.relu1 = nn.ReLU()
+        self.bn1 = KerasBatchNorm2d(64)
+        self.conv2 = nn.Conv2d(64, 64, 3)
+        self.relu2 = nn.ReLU()
+        self.bn2 = KerasBatchNorm2d(64)
+        self.pool = nn.MaxPool2d(2)
+        self.drop1 = nn.Dropout(0.5)
+        self.flatten = nn.Flatten()  # NCHW order; Keras flattens NHWC (see keras_weights)
+        self.fc1 = nn.Linear(64 * 12 * 12, 128)
+        self.relu3 = nn.ReLU()
+        self.bn3 = KerasBatchNorm1d(128)
+        self.drop2 = nn.Dropout(0.5)
+        self.fc2 = nn.Linear(128, 10)
+        glorot_uniform_(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, 1, 28, 28) in [0, 1]
+        x = self.bn1(self.relu1(self.conv1(x)))  # (B, 64, 26, 26)
+        x = self.bn2(self.relu2(self.conv2(x)))  # (B, 64, 24, 24)
+        x = self.drop1(self.pool(x))  # (B, 64, 12, 12)
+        x = self.bn3(self.relu3(self.fc1(self.flatten(x))))  # (B, 128)
+        return self.fc2(self.drop2(x))  # (B, 10) logits

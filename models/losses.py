@@ -1,0 +1,90 @@
+"""Losses with the exact semantics of the Keras versions the questions used.
+
+Our models return logits; the softmax (or sigmoid) lives here, so one model serves both
+semantics:
+
+* ``keras2`` / ``keras`` -- Keras 2's ``categorical_crossentropy`` on probabilities, the
+  question's. Keras 2 (``keras/backend/tensorflow_backend.py``) renormalises the
+  probabilities, clips them to ``[eps, 1 - eps]`` with ``eps = K.epsilon() = 1e-7`` and
+  takes ``-sum(y * log p)``. The clip has zero derivative outside that range, so every pair
+  whose target probability is below 1e-7 (or above 1 - 1e-7, which is 0.99999988 in
+  float32) gets an exactly-zero gradient.
+* ``keras3`` / ``logits`` -- what Keras 3 and tf.keras in graph mode actually compute for
+  ``loss="categorical_crossentropy"`` behind a softmax output: they notice the softmax and
+  use its logits, i.e. softmax cross-entropy from logits, with no clipping, so the same
+  model trained there shows no zero gradients (measured in ``shared/fixtures/keras``).
+
+Both return one loss per example; the caller takes the mean as Keras does.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict
+
+import torch
+import torch.nn.functional as F
+
+KERAS_EPSILON = 1e-7  # keras.backend.epsilon()
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def clip_bounds(dtype: torch.dtype = torch.float32) -> tuple:
+    """The clip interval as Keras 2 builds it in ``dtype`` (1 - 1e-7 rounds to 0.99999988)."""
+    eps = torch.tensor(KERAS_EPSILON, dtype=dtype)
+    return eps, 1 - eps
+
+
+def keras_probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax followed by Keras 2's renormalisation ``p /= sum(p)``: the p that gets clipped."""
+    p = torch.softmax(logits, dim=-1)
+    return p / p.sum(dim=-1, keepdim=True)
+
+
+def keras_categorical_crossentropy(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Keras 2 ``categorical_crossentropy(target, output)`` on probabilities, per example."""
+    probs = probs / probs.sum(dim=-1, keepdim=True)
+    lo, hi = clip_bounds(probs.dtype)
+    probs = torch.clamp(probs, lo.item(), hi.item())
+    return -(target * torch.log(probs)).sum(dim=-1)
+
+
+def keras2_crossentropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The question's loss: softmax output, then Keras 2's clipped cross-entropy."""
+    return keras_categorical_crossentropy(torch.softmax(logits, dim=-1), target)
+
+
+def logits_crossentropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Numerically sound softmax cross-entropy from logits (Keras 3's behaviour)."""
+    return -(target * torch.log_softmax(logits, dim=-1)).sum(dim=-1)
+
+
+def keras2_binary_crossentropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Keras 2 ``binary_crossentropy`` on a sigmoid output, per element.
+
+    Keras 2 clips the probability to [eps, 1 - eps], turns it back into a logit with
+    ``log(p / (1 - p))`` and calls ``sigmoid_cross_entropy_with_logits``.
+    """
+    lo, hi = clip_bounds(logits.dtype)
+    p = torch.clamp(torch.sigmoid(logits), lo.item(), hi.item())
+    return F.binary_cross_entropy_with_logits(torch.log(p / (1 - p)), target, reduction="none")
+
+
+def logits_binary_crossentropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy from logits, per element, no clipping."""
+    return F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+
+
+# name -> (categorical loss, binary loss). "keras" and "logits" are the CLI's names;
+# "keras2"/"keras3" say which Keras version behaves that way.
+LOSSES: Dict[str, Dict[str, LossFn]] = {
+    "keras": {"categorical": keras2_crossentropy, "binary": keras2_binary_crossentropy},
+    "logits": {"categorical": logits_crossentropy, "binary": logits_binary_crossentropy},
+}
+LOSSES["keras2"] = LOSSES["keras"]
+LOSSES["keras3"] = LOSSES["logits"]
+
+
+def target_probability_clipped(target_prob: torch.Tensor) -> torch.Tensor:
+    """Where Keras 2's clip is flat: p < eps or p > 1 - eps (in the probability's dtype)."""
+    lo, hi = clip_bounds(target_prob.dtype)
+    return (target_prob < lo) | (target_prob > hi)

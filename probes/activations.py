@@ -1,0 +1,64 @@
+"""Per-layer activation statistics: histograms, exact zeros (dead ReLUs), saturation."""
+from __future__ import annotations
+
+from functools import partial
+from typing import Dict, List, Tuple
+
+from torch import nn
+
+from . import stats
+from .base import Probe, first_tensor, leaf_modules
+from .records import Histogram, Record, Scalar
+
+# Output range of squashing activations whose saturation we measure.
+SQUASH_BOUNDS: Dict[type, Tuple[float, float]] = {
+    nn.Sigmoid: (0.0, 1.0),
+    nn.Tanh: (-1.0, 1.0),
+    nn.Softmax: (0.0, 1.0),
+    nn.Hardtanh: (-1.0, 1.0),
+}
+
+
+class ActivationStats(Probe):
+    """Histogram, exact-zero fraction and (for sigmoid/tanh/softmax) saturated fraction
+    of every leaf layer's output, measured on logging steps by forward hooks."""
+
+    name = "activations"
+
+    def __init__(self, bins: int = stats.DEFAULT_BINS) -> None:
+        super().__init__()
+        self.bins = bins
+        self._records: List[Record] = []
+        self._calls: Dict[str, int] = {}
+        self.last_zero_fraction: Dict[str, float] = {}
+        self.last_saturation: Dict[str, float] = {}
+
+    def _on_attach(self, model: nn.Module) -> None:
+        for name, module in leaf_modules(model):
+            self._keep(module.register_forward_hook(partial(self._on_output, name, type(module))))
+
+    def start_step(self, step: int, logging: bool) -> None:
+        super().start_step(step, logging)
+        self._calls.clear()
+
+    def _on_output(self, name: str, kind: type, module: nn.Module, inputs: tuple, output: object) -> None:
+        if not self.recording:
+            return
+        out = first_tensor(output)
+        if out is None or not out.is_floating_point():
+            return
+        calls = self._calls.get(name, 0)
+        self._calls[name] = calls + 1
+        tag = name if calls == 0 else f"{name}#{calls}"  # a module called twice per forward
+        out = out.detach()
+        self._records.append(Histogram(f"activations/{tag}", self.step, stats.histogram(out, self.bins)))
+        self._records.append(Scalar(f"activation_zero_fraction/{tag}", self.step, stats.zero_fraction(out)))
+        bounds = SQUASH_BOUNDS.get(kind)
+        if bounds is not None:
+            self._records.append(
+                Scalar(f"activation_saturated_fraction/{tag}", self.step, stats.saturated_fraction(out, *bounds))
+            )
+
+    def collect(self, step: int) -> List[Record]:
+        records, self._records = self._records, []
+        return records

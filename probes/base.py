@@ -1,0 +1,150 @@
+"""The small common base of every probe: attach, detach, hook bookkeeping, step moments.
+
+A probe keeps all of its state on itself, never on the user's module, keeps every hook
+handle it registers and removes them on :meth:`Probe.detach`, which may run any number of
+times. Subclasses write only the measurement: they register hooks in :meth:`_on_attach`
+and override the moments they need (:meth:`start_step`, :meth:`end_step`,
+:meth:`collect`), all no-ops here.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Any, Dict, Iterator, List, Optional
+
+import torch
+from torch import nn
+
+from .records import Record
+
+_suspension = threading.local()
+
+
+@contextlib.contextmanager
+def suspended() -> Iterator[None]:
+    """Silence every probe while the library itself runs the model (pair scans, evaluation).
+
+    Hooks still fire under ``torch.func`` transforms, where touching the tensors they see
+    would fail or measure the wrong thing, so hooks check this first.
+    """
+    depth = getattr(_suspension, "depth", 0)
+    _suspension.depth = depth + 1
+    try:
+        yield
+    finally:
+        _suspension.depth = depth
+
+
+def is_suspended() -> bool:
+    return getattr(_suspension, "depth", 0) > 0
+
+
+class ProbeError(RuntimeError):
+    """A probe was used in a way that cannot work (attached twice, detached model...)."""
+
+
+class Probe:
+    """Base class: one measurement, attached to one model at a time.
+
+    Moments, in the order a training step sees them:
+    ``start_step(step, logging)`` before the step's forward pass; hooks fire during
+    forward/backward; ``end_step(step)`` after the optimizer step; ``collect(step)`` on
+    logging steps only, returning device-side records.
+    """
+
+    #: short name used in tags and in ``Monitor`` menus
+    name: str = "probe"
+
+    def __init__(self) -> None:
+        self._handles: List[Any] = []
+        self._model: Optional[nn.Module] = None
+        self._logging = False
+        self.step = 0
+
+    # -- attach / detach -------------------------------------------------------------
+    def attach(self, model: nn.Module) -> "Probe":
+        """Register this probe's hooks on ``model``; use as ``with probe.attach(model): ...``."""
+        if self._model is not None:
+            raise ProbeError(
+                f"{type(self).__name__} is already attached to a {type(self._model).__name__}; "
+                "detach() it before attaching it again"
+            )
+        self._model = model
+        try:
+            self._on_attach(model)
+        except BaseException:
+            self.detach()
+            raise
+        return self
+
+    def detach(self) -> None:
+        """Remove every hook this probe registered; safe to call twice."""
+        while self._handles:
+            self._handles.pop().remove()
+        if self._model is not None:
+            self._on_detach()
+        self._model = None
+        self._logging = False
+
+    @property
+    def attached(self) -> bool:
+        return self._model is not None
+
+    def __enter__(self) -> "Probe":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.detach()
+
+    def _keep(self, handle: Any) -> None:
+        self._handles.append(handle)
+
+    # -- for subclasses --------------------------------------------------------------
+    def _on_attach(self, model: nn.Module) -> None:
+        """Register hooks; called once per attach."""
+
+    def _on_detach(self) -> None:
+        """Release per-attach state beyond hooks (hooks are removed already)."""
+
+    @property
+    def recording(self) -> bool:
+        """True while hooks should measure: a logging step, not suspended."""
+        return self._logging and not is_suspended()
+
+    # -- moments ---------------------------------------------------------------------
+    def start_step(self, step: int, logging: bool) -> None:
+        """Called before a step's forward pass; ``logging`` says whether it will be logged."""
+        self.step = step
+        self._logging = logging
+
+    def end_step(self, step: int) -> None:
+        """Called after the optimizer has updated the weights at ``step``."""
+
+    def collect(self, step: int) -> List[Record]:
+        """Return the records measured since the last logging step (device tensors)."""
+        return []
+
+    def summary(self) -> Dict[str, Any]:
+        """End-of-run facts in plain Python types (for summary.json and the diagnosis)."""
+        return {}
+
+
+def leaf_modules(model: nn.Module) -> Iterator[tuple]:
+    """(name, module) of modules with no children: the layers whose outputs we measure."""
+    for name, module in model.named_modules():
+        if not any(True for _ in module.children()):
+            yield (name or type(module).__name__), module
+
+
+def first_tensor(output: Any) -> Optional[torch.Tensor]:
+    """The tensor a layer produced, looking inside tuples, lists and dicts (first one found)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, dict):
+        output = list(output.values())
+    if isinstance(output, (list, tuple)):
+        for item in output:
+            found = first_tensor(item)
+            if found is not None:
+                return found
+    return None

@@ -1,0 +1,70 @@
+"""Gradient statistics per parameter and per layer output: histograms, exact zeros, norms."""
+from __future__ import annotations
+
+from functools import partial
+from typing import Dict, List
+
+import torch
+from torch import nn
+
+from . import stats
+from .base import Probe, first_tensor, leaf_modules
+from .records import Histogram, Record, Scalar
+
+
+class GradientStats(Probe):
+    """On logging steps: for every trainable parameter the histogram, exact-zero fraction
+    and norm of its gradient (from ``register_post_accumulate_grad_hook``, so no call is
+    needed from the loop), and for every leaf layer the same of the gradient flowing into
+    its output (a tensor hook registered by a forward hook, so in-place layers work)."""
+
+    name = "gradients"
+
+    def __init__(self, bins: int = stats.DEFAULT_BINS, layer_outputs: bool = True) -> None:
+        super().__init__()
+        self.bins = bins
+        self.layer_outputs = layer_outputs
+        self._param_stats: Dict[str, List[Record]] = {}
+        self._output_records: List[Record] = []
+
+    def _on_attach(self, model: nn.Module) -> None:
+        for name, param in model.named_parameters():
+            if param.requires_grad:
+                self._keep(param.register_post_accumulate_grad_hook(partial(self._on_param_grad, name)))
+        if self.layer_outputs:
+            for name, module in leaf_modules(model):
+                self._keep(module.register_forward_hook(partial(self._on_output, name)))
+
+    def _on_param_grad(self, name: str, param: torch.Tensor) -> None:
+        if not self.recording or param.grad is None:
+            return
+        grad = param.grad.detach()
+        # Accumulation over several backward passes fires this hook each time; the last
+        # call sees the full gradient, so it simply replaces the earlier measurement.
+        self._param_stats[name] = [
+            Histogram(f"grad/{name}", self.step, stats.histogram(grad, self.bins)),
+            Scalar(f"grad_zero_fraction/{name}", self.step, stats.zero_fraction(grad)),
+            Scalar(f"grad_norm/{name}", self.step, stats.norm(grad)),
+        ]
+
+    def _on_output(self, name: str, module: nn.Module, inputs: tuple, output: object) -> None:
+        if not self.recording:
+            return
+        out = first_tensor(output)
+        if out is not None and out.requires_grad:
+            out.register_hook(partial(self._on_output_grad, name))
+
+    def _on_output_grad(self, name: str, grad: torch.Tensor) -> None:
+        if not self.recording:
+            return
+        grad = grad.detach()
+        self._output_records += [
+            Histogram(f"output_grad/{name}", self.step, stats.histogram(grad, self.bins)),
+            Scalar(f"output_grad_zero_fraction/{name}", self.step, stats.zero_fraction(grad)),
+            Scalar(f"output_grad_norm/{name}", self.step, stats.norm(grad)),
+        ]
+
+    def collect(self, step: int) -> List[Record]:
+        records = [r for group in self._param_stats.values() for r in group] + self._output_records
+        self._param_stats, self._output_records = {}, []
+        return records

@@ -1,0 +1,78 @@
+"""What a probe hands over: records that still live on the device.
+
+A probe measures; a sink shows (cockpit's quantities vs instruments). In between, records
+carry device tensors so that :class:`probes.monitor.Monitor` can move everything a logging
+step produced to the host in a single transfer.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Union
+
+import torch
+
+from .stats import Hist
+
+
+@dataclass
+class Scalar:
+    tag: str
+    step: int
+    value: torch.Tensor  # 0-d
+
+
+@dataclass
+class Histogram:
+    tag: str
+    step: int
+    hist: Hist
+
+
+Record = Union[Scalar, Histogram]
+
+
+@dataclass
+class HostScalar:
+    tag: str
+    step: int
+    value: float
+
+
+@dataclass
+class HostHistogram:
+    tag: str
+    step: int
+    min: float
+    max: float
+    num: float
+    sum: float
+    sum_squares: float
+    bucket_limits: List[float]
+    bucket_counts: List[float]
+
+
+def to_host(records: List[Record]) -> list:
+    """Move every tensor of ``records`` to the host with one copy (one sync per logging step)."""
+    if not records:
+        return []
+    parts: List[torch.Tensor] = []
+    for r in records:
+        if isinstance(r, Scalar):
+            parts.append(r.value.detach().reshape(1).float())
+        else:
+            parts.extend(t.detach().reshape(-1).float() for t in r.hist)
+    device = parts[0].device
+    flat = torch.cat([p.to(device) for p in parts]).to("cpu", torch.float64).tolist()
+    out, i = [], 0
+    for r in records:
+        if isinstance(r, Scalar):
+            out.append(HostScalar(r.tag, r.step, flat[i]))
+            i += 1
+        else:
+            bins = r.hist.bucket_counts.numel()
+            head = flat[i:i + 5]
+            i += 5
+            limits, counts = flat[i:i + bins], flat[i + bins:i + 2 * bins]
+            i += 2 * bins
+            out.append(HostHistogram(r.tag, r.step, *head, limits, counts))
+    return out
