@@ -12,9 +12,16 @@ from typing import Callable, Dict
 from torch import nn
 
 from .cnn import KerasCNN
+from .deep_mlp import deep_relu, deep_sigmoid
+from .dense_mlp import DenseMLP
+from .scaled_conv import ScaledConvNet
 
-MODELS: Dict[str, Callable[[], nn.Module]] = {
+MODELS: Dict[str, Callable[..., nn.Module]] = {
     "cnn": KerasCNN,
+    "deep-sigmoid": deep_sigmoid,
+    "deep-relu": deep_relu,
+    "dense-mlp": DenseMLP,
+    "scaled-conv": ScaledConvNet,  # ScaledConvNet(variant=1|2|3)
 }
 
 
@@ -34,12 +41,19 @@ RECIPES: Dict[str, Recipe] = {
     # Question 000: Adadelta(lr=1.0), batch 128. Two epochs make test predictions confident
     # enough for exactly-zero gradients to appear (1 epoch is not: ~6e-6 smallest prob).
     "cnn": Recipe(optimizer="adadelta", lr=1.0, batch_size=128, loss="keras", epochs=2),
+    # Vanishing gradients: Theano SGD with classic momentum 0.99, lr 0.01, batch 100.
+    "deep-sigmoid": Recipe(optimizer="momentum", lr=0.01, batch_size=100, loss="logits", epochs=1),
+    "deep-relu": Recipe(optimizer="momentum", lr=0.01, batch_size=100, loss="logits", epochs=1),
+    # Frozen first-layer rows: Keras 2 RMSprop(lr=0.001), batch 128.
+    "dense-mlp": Recipe(optimizer="rmsprop", lr=0.001, batch_size=128, loss="keras", epochs=1),
+    # Reparameterisation: Keras Adam(lr=1e-3), binary cross-entropy per pixel.
+    "scaled-conv": Recipe(optimizer="adam", lr=1e-3, batch_size=32, loss="keras", epochs=1, task="shifted-pixels"),
 }
 
 
-def build(name: str) -> nn.Module:
-    """A fresh, freshly initialised model by registry name."""
+def build(name: str, **kwargs) -> nn.Module:
+    """A fresh, freshly initialised model by registry name (``kwargs`` e.g. ``variant=2``)."""
     try:
-        return MODELS[name]()
+        return MODELS[name](**kwargs)
     except KeyError:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(sorted(MODELS))}") from None

@@ -1,0 +1,128 @@
+"""Each probe against an independent computation, and probes never change training."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import probes
+from probes import ActivationStats, GradientStats, MemorySink, Monitor, ProbeError
+
+PROBE_CLASSES = [ActivationStats, GradientStats]
+
+
+def small_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.Sigmoid(), nn.Linear(16, 3))
+
+
+def train(model, steps=5, monitor=None, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    for _ in range(steps):
+        x = torch.randn(32, 8, generator=gen)
+        y = torch.randint(0, 3, (32,), generator=gen)
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        if monitor is not None:
+            monitor.step(loss)
+    return model
+
+
+def hook_count(model):
+    n = 0
+    for m in model.modules():
+        n += len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+    for p in model.parameters():
+        n += len(getattr(p, "_post_accumulate_grad_hooks", None) or {})
+    return n
+
+
+@pytest.mark.parametrize("probe_cls", PROBE_CLASSES)
+def test_probe_leaves_training_bitwise_unchanged_and_detaches_cleanly(probe_cls):
+    reference = train(small_net())
+    model = small_net()
+    sink = MemorySink()
+    with Monitor([probe_cls()], sink=sink, every=1).attach(model) as monitor:
+        assert hook_count(model) > 0
+        train(model, monitor=monitor)
+    assert hook_count(model) == 0
+    for a, b in zip(reference.parameters(), model.parameters()):
+        assert torch.equal(a, b)
+    assert sink.scalars or sink.histograms
+
+
+def test_every_public_probe_is_listed():
+    for name in probes.__all__:
+        assert hasattr(probes, name)
+
+
+def test_attaching_twice_says_so_and_detach_is_idempotent():
+    probe = GradientStats()
+    model = small_net()
+    probe.attach(model)
+    with pytest.raises(ProbeError, match="already attached"):
+        probe.attach(model)
+    probe.detach()
+    probe.detach()
+    assert hook_count(model) == 0
+
+
+def test_gradient_zero_fraction_and_norm_match_autograd():
+    model = small_net()
+    sink = MemorySink()
+    monitor = Monitor([GradientStats()], sink=sink, every=1).attach(model)
+    x = torch.randn(4, 8)
+    x[:, :3] = 0  # zero inputs -> zero gradient columns in the first layer
+    loss = model(x).sum()
+    loss.backward()
+    expected_zero = (model[0].weight.grad == 0).float().mean().item()
+    expected_norm = model[0].weight.grad.norm().item()
+    monitor.step(loss)
+    monitor.detach()
+    assert sink.scalars["grad_zero_fraction/0.weight"][0][1] == pytest.approx(expected_zero)
+    assert expected_zero >= 3 / 8
+    assert sink.scalars["grad_norm/0.weight"][0][1] == pytest.approx(expected_norm, rel=1e-6)
+    assert "output_grad_norm/2" in sink.scalars
+
+
+def test_activation_zero_and_saturation_fractions_match_direct_computation():
+    model = small_net()
+    with torch.no_grad():
+        model[2].weight.mul_(50)  # push the sigmoid into saturation
+    sink = MemorySink()
+    monitor = Monitor([ActivationStats()], sink=sink, every=1).attach(model)
+    x = torch.randn(64, 8)
+    h = model[1](model[0](x))
+    s = model[3](model[2](h))
+    model(x).sum().backward()
+    monitor.step()
+    monitor.detach()
+    assert sink.scalars["activation_zero_fraction/1"][0][1] == pytest.approx((h == 0).float().mean().item())
+    sat = ((s <= 1e-3) | (s >= 1 - 1e-3)).float().mean().item()
+    assert sat > 0.3
+    assert sink.scalars["activation_saturated_fraction/3"][0][1] == pytest.approx(sat)
+
+
+def test_nothing_is_measured_between_logging_steps():
+    model = small_net()
+    sink = MemorySink()
+    monitor = Monitor([GradientStats(), ActivationStats()], sink=sink, every=4).attach(model)
+    train(model, steps=9, monitor=monitor)
+    monitor.flush()
+    monitor.detach()
+    assert [s for s, _ in sink.scalars["grad_norm/0.weight"]] == [0, 4, 8]
+    assert [s for s, _ in sink.scalars["train/loss"]] == list(range(9))  # losses kept for every step
+
+
+def test_suspended_silences_hooks():
+    model = small_net()
+    sink = MemorySink()
+    monitor = Monitor([ActivationStats()], sink=sink, every=1).attach(model)
+    with probes.suspended():
+        model(torch.randn(2, 8))
+    monitor.step()
+    monitor.detach()
+    assert not sink.histograms
