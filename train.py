@@ -190,5 +190,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Console entry point (``gradient-probes-train``), the same as ``python train.py``."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

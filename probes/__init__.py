@@ -4,9 +4,11 @@ Attach probes to a model, step them once per training step, and read what they m
 in TensorBoard (or memory). Between logging steps they cost nothing but a check.
 """
 from .activations import ActivationStats
+from .api import PROBES, make_probes, watch
 from .base import Probe, ProbeError, suspended
 from .gradients import GradientStats
 from .monitor import Monitor
+from .nonfinite import NonFiniteEvent, NonFiniteSentinel
 from .pair_scan import PairScanResult, pair_scan
 from .schedule import Schedule, every
 from .sinks import MemorySink, TensorBoardSink
@@ -16,12 +18,17 @@ __all__ = [
     "GradientStats",
     "MemorySink",
     "Monitor",
+    "NonFiniteEvent",
+    "NonFiniteSentinel",
+    "PROBES",
     "PairScanResult",
     "Probe",
     "ProbeError",
     "Schedule",
     "TensorBoardSink",
     "every",
+    "make_probes",
     "pair_scan",
     "suspended",
+    "watch",
 ]

@@ -26,6 +26,11 @@ class GradientStats(Probe):
         self.layer_outputs = layer_outputs
         self._param_stats: Dict[str, List[Record]] = {}
         self._output_records: List[Record] = []
+        self._calls: Dict[str, int] = {}
+
+    def start_step(self, step: int, logging: bool) -> None:
+        super().start_step(step, logging)
+        self._calls.clear()
 
     def _on_attach(self, model: nn.Module) -> None:
         for name, param in model.named_parameters():
@@ -52,7 +57,10 @@ class GradientStats(Probe):
             return
         out = first_tensor(output)
         if out is not None and out.requires_grad:
-            out.register_hook(partial(self._on_output_grad, name))
+            calls = self._calls.get(name, 0)
+            self._calls[name] = calls + 1
+            tag = name if calls == 0 else f"{name}#{calls}"  # a module called twice per forward
+            out.register_hook(partial(self._on_output_grad, tag))
 
     def _on_output_grad(self, name: str, grad: torch.Tensor) -> None:
         if not self.recording:

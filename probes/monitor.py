@@ -28,7 +28,8 @@ class Monitor:
                 monitor.step(loss)
     """
 
-    def __init__(self, probes: Iterable[Probe], sink: Any = None, every: Union[int, Schedule] = 100) -> None:
+    def __init__(self, probes: Iterable[Probe], sink: Any = None, every: Union[int, Schedule] = 100,
+                 close_sink: bool = False) -> None:
         self.probes: List[Probe] = list(probes)
         names = [p.name for p in self.probes]
         if len(set(names)) != len(names):
@@ -37,6 +38,9 @@ class Monitor:
         self.schedule = as_schedule(every)
         self.global_step = 0
         self._losses: List[tuple] = []
+        self._pending_loss: Optional[torch.Tensor] = None
+        self._optimizer_hook: Any = None
+        self.close_sink = close_sink
         self.model: Optional[nn.Module] = None
 
     def __getitem__(self, name: str) -> Probe:
@@ -45,7 +49,15 @@ class Monitor:
                 return probe
         raise KeyError(f"no probe named {name!r}; have {[p.name for p in self.probes]}")
 
-    def attach(self, model: nn.Module) -> "Monitor":
+    def attach(self, model: nn.Module, optimizer: Optional[torch.optim.Optimizer] = None) -> "Monitor":
+        """Attach every probe to ``model``.
+
+        With ``optimizer`` given, each ``optimizer.step()`` ends a monitor step by itself
+        (a step post-hook), so the loop needs no call; ``log_loss(loss)`` adds the loss.
+        Without it, call :meth:`step` after every ``optimizer.step()``.
+        """
+        if self.model is not None:
+            raise ValueError("this Monitor is already attached; detach() it first")
         attached: List[Probe] = []
         try:
             for probe in self.probes:
@@ -56,13 +68,27 @@ class Monitor:
                 probe.detach()
             raise
         self.model = model
+        if optimizer is not None:
+            self._optimizer_hook = optimizer.register_step_post_hook(self._after_optimizer_step)
         self._start(self.global_step)
         return self
 
     def detach(self) -> None:
+        """Remove every hook (probes' and the optimizer's); safe to call twice."""
+        if self._optimizer_hook is not None:
+            self._optimizer_hook.remove()
+            self._optimizer_hook = None
         for probe in self.probes:
             probe.detach()
         self.model = None
+
+    def _after_optimizer_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        loss, self._pending_loss = self._pending_loss, None
+        self.step(loss)
+
+    def log_loss(self, loss: torch.Tensor) -> None:
+        """Record the current step's loss when steps are counted by the optimizer hook."""
+        self._pending_loss = loss
 
     def __enter__(self) -> "Monitor":
         return self
@@ -72,6 +98,8 @@ class Monitor:
             self.flush()
         finally:
             self.detach()
+            if self.close_sink and self.sink is not None:
+                self.sink.close()
 
     def _start(self, step: int) -> None:
         logging = bool(self.schedule(step))

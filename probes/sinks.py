@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import struct
 from collections import defaultdict
-from typing import Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from .records import HostHistogram, HostScalar
 
@@ -57,13 +57,20 @@ class TensorBoardSink:
     host as float64 and bins it with numpy).
     """
 
-    def __init__(self, log_dir: str, flush_secs: int = 30) -> None:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise RuntimeError("TensorBoard logging needs the 'tensorboard' package: pip install tensorboard") from exc
-        self.log_dir = log_dir
-        self.writer = SummaryWriter(log_dir=log_dir, flush_secs=flush_secs)
+    def __init__(self, log_dir: Optional[str] = None, flush_secs: int = 30, writer: Any = None) -> None:
+        """Write to ``log_dir``, or through an existing ``SummaryWriter`` (e.g. Lightning's
+        ``TensorBoardLogger.experiment``), which is then left open on :meth:`close`."""
+        self._owns_writer = writer is None
+        if writer is None:
+            if log_dir is None:
+                raise ValueError("TensorBoardSink needs a log_dir or a writer")
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as exc:  # pragma: no cover - depends on the environment
+                raise RuntimeError("TensorBoard logging needs the 'tensorboard' package: pip install tensorboard") from exc
+            writer = SummaryWriter(log_dir=log_dir, flush_secs=flush_secs)
+        self.log_dir = writer.log_dir if log_dir is None else log_dir
+        self.writer = writer
 
     def write(self, records: list) -> None:
         for r in records:
@@ -88,4 +95,7 @@ class TensorBoardSink:
         self.writer.flush()
 
     def close(self) -> None:
-        self.writer.close()
+        if self._owns_writer:
+            self.writer.close()
+        else:
+            self.writer.flush()

@@ -1,0 +1,92 @@
+"""The real TensorBoard server serves what train.py wrote (checked through its HTTP API)."""
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+
+START_TIMEOUT = 90  # seconds for the server to answer
+
+
+def free_port() -> int:
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+    except OSError as exc:
+        pytest.skip(f"cannot open a loopback port: {exc}")
+
+
+def get_json(base: str, path: str, **params):
+    url = f"{base}{path}" + (f"?{urllib.parse.urlencode(params)}" if params else "")
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def tensorboard_command() -> list:
+    exe = shutil.which("tensorboard", path=str(Path(sys.executable).parent))
+    return [exe] if exe else [sys.executable, "-m", "tensorboard.main"]
+
+
+@pytest.fixture(scope="module")
+def served_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("tb") / "run"
+    proc = run_cli("--model", "cnn", "--dry-run", "--log-every", "1", "--test-size", "100", "--run-dir", str(run_dir))
+    assert proc.returncode == 0, proc.stderr
+    port = free_port()
+    server = subprocess.Popen(tensorboard_command() + ["--logdir", str(run_dir), "--host", "127.0.0.1",
+                                                       "--port", str(port), "--reload_interval", "1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            try:
+                tags = get_json(base, "/data/plugin/scalars/tags")
+                if tags.get("."):
+                    break
+            except (urllib.error.URLError, ConnectionError, json.JSONDecodeError):
+                pass
+            if server.poll() is not None:
+                pytest.fail(f"tensorboard exited: {server.stderr.read()[-2000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"tensorboard did not serve {run_dir} within {START_TIMEOUT}s")
+            time.sleep(0.5)
+        yield base
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def test_scalars_are_served_with_their_values(served_run):
+    tags = get_json(served_run, "/data/plugin/scalars/tags")["."]
+    assert {"train/loss", "grad_norm/conv1.weight", "pair_scan/all_zero_fraction", "epoch/test_accuracy"} <= set(tags)
+    points = get_json(served_run, "/data/plugin/scalars/scalars", run=".", tag="train/loss")
+    assert [p[1] for p in points] == [0, 1, 2, 3]  # (wall time, step, value): 2 epochs x 2 dry-run steps
+    assert all(p[2] > 0 for p in points)
+
+
+def test_histograms_are_served(served_run):
+    tags = get_json(served_run, "/data/plugin/histograms/tags")["."]
+    assert {"grad/fc1.weight", "activations/relu1", "pair_scan/log10_target_prob"} <= set(tags)
+    data = get_json(served_run, "/data/plugin/histograms/histograms", run=".", tag="grad/fc1.weight")
+    assert len(data) == 4 and len(data[0][2]) > 0  # (wall time, step, buckets)
+
+
+def test_text_is_served(served_run):
+    tags = get_json(served_run, "/data/plugin/text/tags")["."]
+    assert "summary/text_summary" in tags  # add_text("summary") is stored under this tag
+    text = get_json(served_run, "/data/plugin/text/text", run=".", tag="summary/text_summary")
+    assert "(image, target) pairs" in json.dumps(text)
