@@ -182,7 +182,8 @@ def _linear_layer(name: str, m: nn.Linear, nhwc: Optional[Tuple[int, int, int]])
     else:
         h, w, c = nhwc
         if h * w * c != in_f:
-            raise KerasWeightsError(f"{name}: keras_flatten shape {nhwc} has {h * w * c} elements, the layer takes {in_f}")
+            raise KerasWeightsError(f"{name}: keras_flatten shape {nhwc} has {h * w * c} elements, "
+                                    f"the layer takes {in_f}")
 
         def to_torch(a: np.ndarray) -> np.ndarray:  # rows (h, w, c) -> columns (c, h, w)
             return a.reshape(h, w, c, out_f).transpose(3, 2, 0, 1).reshape(out_f, in_f)
@@ -222,9 +223,9 @@ def _convert(layers: List[_Layer], weights: _Weights, what: str) -> List[Tuple[_
                       if tuple(a.shape) != slot.keras_shape), None)
     if len(weights.arrays) != len(slots):
         per_layer = ", ".join(f"{layer.name} {len(layer.slots)}" for layer in layers)
-        where = f"; first mismatch: {_mismatch(slots[first_bad], weights, first_bad)}" if first_bad is not None else ""
+        hint = f"; first mismatch: {_mismatch(slots[first_bad], weights, first_bad)}" if first_bad is not None else ""
         raise KerasWeightsError(f"{weights.where}: {len(weights.arrays)} Keras arrays for {what}, which takes "
-                                f"{len(slots)} ({per_layer}){where}")
+                                f"{len(slots)} ({per_layer}){hint}")
     if first_bad is not None:
         raise KerasWeightsError(f"{weights.where}: {_mismatch(slots[first_bad], weights, first_bad)}")
     values = []
