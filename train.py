@@ -21,6 +21,7 @@ from experiments.mnist import DataError, Split, load_mnist
 from experiments.progress import Progress
 from experiments.rundir import RunDirError, new_run_dir, write_json
 from experiments.zero_grad_scan import describe, scan_zero_gradients
+from models.keras_weights import KerasWeightsError
 from models.losses import LOSSES
 from models.optimizers import OPTIMIZERS, build_optimizer
 from probes import ActivationStats, GradientStats, Monitor, TensorBoardSink
@@ -96,6 +97,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    help="of those, how many also get per-layer gradient norms (default: 16)")
     p.add_argument("--data-dir", help="MNIST folder (default: $MNIST_DIR, else ./data)")
     p.add_argument("--run-dir", help="where to write logs (default: runs/<model>-<time>, never overwritten)")
+    p.add_argument("--init-from-keras", metavar="FILE", help="start from Keras weights: an .npz of get_weights(), "
+                   "or a .weights.h5/.keras/.h5 file with h5py installed (default: fresh Keras-style init)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device (default: cuda if available)")
     p.add_argument("--dry-run", action="store_true", help="two steps per epoch and a tiny scan: checks the setup")
     args = p.parse_args(argv)
@@ -122,6 +125,8 @@ def run(args: argparse.Namespace) -> Dict:
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
     model = models.build(args.model).to(device)
+    if args.init_from_keras:  # Keras' own weights, layouts converted (models/keras_weights.py)
+        models.load_keras_weights(model, args.init_from_keras)
     optimizer = build_optimizer(args.optimizer, model.parameters(), args.lr)
     loss_fn = LOSSES[args.loss]["categorical"]
     generator = torch.Generator().manual_seed(args.seed)
@@ -181,7 +186,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     try:
         run(args)
-    except (DataError, RunDirError) as exc:
+    except (DataError, RunDirError, KerasWeightsError) as exc:
         print(f"train.py: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -3,6 +3,7 @@
 ``MODELS`` maps a name to a constructor; ``build(name)`` returns a fresh module that
 returns logits. ``RECIPES`` holds each original's training defaults (optimizer, lr,
 batch size, loss, epochs), which ``train.py`` exposes as overridable flags.
+``load_keras_weights(model, source)`` puts weights saved by Keras into a port.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from torch import nn
 from .cnn import KerasCNN
 from .deep_mlp import deep_relu, deep_sigmoid
 from .dense_mlp import DenseMLP
+from .keras_weights import KerasWeightsError, load_keras_weights
 from .scaled_conv import ScaledConvNet
 
 MODELS: Dict[str, Callable[..., nn.Module]] = {
