@@ -5,22 +5,32 @@ in TensorBoard (or memory). Between logging steps they cost nothing but a check.
 """
 from .activations import ActivationStats
 from .base import Probe, ProbeError, suspended
+from .dead_input import DeadInputs
+from .frozen import FrozenWeights
 from .gradients import GradientStats
 from .monitor import Monitor
 from .pair_scan import PairScanResult, pair_scan
 from .schedule import Schedule, every
-from .sinks import MemorySink, TensorBoardSink
+from .sinks import MemorySink, Prefixed, Tee, TensorBoardSink
+from .update_ratio import UpdateRatio
+from .weight_change import WeightChange
 
 __all__ = [
     "ActivationStats",
+    "DeadInputs",
+    "FrozenWeights",
     "GradientStats",
     "MemorySink",
     "Monitor",
     "PairScanResult",
+    "Prefixed",
     "Probe",
     "ProbeError",
     "Schedule",
+    "Tee",
     "TensorBoardSink",
+    "UpdateRatio",
+    "WeightChange",
     "every",
     "pair_scan",
     "suspended",
