@@ -84,11 +84,23 @@ class ReparamStudy(Study):
         def per_variant(key: str) -> str:
             return ", ".join(f"{f['update_ratio'][key][-1]:.2g}" for f in variants.values())
 
+        adaptive = self.args.optimizer in ("adam", "rmsprop", "adadelta")
+        why = (f"With {self.args.optimizer} each step is about lr per weight whatever the gradient's scale"
+               if adaptive else f"With {self.args.optimizer} each step is proportional to the gradient")
+        verdict = ("so variants 2 and 3 learn slower per step" if best == "1" else
+                   f"yet variant {best} ended lowest in this run")
         return (f"from the same function at step 0 (outputs differ by at most "
                 f"{self.max_abs_output_diff_at_init:.1g}), after {steps} steps on the same batches the test loss "
                 f"is {loss['1']:.4f} (variant 1), {loss['2']:.4f} (2), {loss['3']:.4f} (3): lowest for variant "
-                f"{best}. Adam's step is about lr per weight whatever the gradient's scale: mean ||grad|| of "
-                f"{last} is {per_variant('mean_grad_norm')} (variants 1, 2, 3) but its ||update|| is "
-                f"{per_variant('mean_update_norm')}, and ||update||/||weight|| is {per_variant('mean_update_ratio')}: "
-                f"weights 3x and 200x larger move that much less relative to their size, so variants 2 and 3 learn "
-                f"slower per step")
+                f"{best}. {why}: mean ||grad|| of {last} is {per_variant('mean_grad_norm')} (variants 1, 2, 3), "
+                f"its ||update|| {per_variant('mean_update_norm')} and ||update||/||weight|| "
+                f"{per_variant('mean_update_ratio')}: relative to weights 3x and 200x larger the steps are that much "
+                f"smaller, {verdict}. " + self.same_function_note(loss))
+
+    @staticmethod
+    def same_function_note(loss: Dict[str, float]) -> str:
+        """Variants 2 and 3 are one function of their weights: conv(W, x) / c == conv(W, x / c)."""
+        gap = abs(loss["2"] - loss["3"])
+        return (f"The test losses of variants 2 and 3 differ by {gap:.2g}: without biases, dividing a conv's output "
+                f"or its input by the same number is the same function of the same weights, so they get the same "
+                f"gradients and train alike up to rounding")
