@@ -40,6 +40,7 @@ class DeadInputs(Probe):
         self.skipped = 0
 
     def _on_attach(self, model: nn.Module) -> None:
+        self.seen_nonzero, self.examples, self.skipped = None, 0, 0  # counts are per attach
         self.layer, module = first_weight_layer(model, self.layer_name)
         per_feature_last = isinstance(module, nn.Linear)
         self._keep(module.register_forward_pre_hook(partial(self._on_input, per_feature_last)))

@@ -51,7 +51,7 @@ class UpdateRatio(Probe):
             self._keep(param.register_post_accumulate_grad_hook(partial(self._on_grad, name)))
         device = self._params[0].device if self._params else "cpu"
         self._total = torch.zeros(len(_TAGS), len(named), dtype=torch.float64, device=device)
-        self._steps = 0
+        self._steps, self._records = 0, []
 
     def _on_detach(self) -> None:
         self._params, self._previous, self._grad_norm = [], [], {}

@@ -40,7 +40,7 @@ class WeightChange(Probe):
         self._previous = [p.detach().clone() for p in self._params]  # W at attach = W_0
         device = self._params[0].device if self._params else "cpu"
         self._total = torch.zeros(len(named), dtype=torch.float64, device=device)
-        self._steps = 0
+        self._steps, self._pending = 0, []
 
     def _on_detach(self) -> None:
         self._params, self._previous = [], []
