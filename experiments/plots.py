@@ -33,7 +33,7 @@ def weight_change_figure(layers: Dict[str, Series], loss: Series, title: str) ->
     for i, (name, series) in enumerate(layers.items(), 1):
         top.plot(*_xy(series), label=f"layer {i} ({name})", linewidth=1)
     top.set_yscale("log")
-    top.set_ylabel("mean |W_t - W_{t-1}|")
+    top.set_ylabel(r"mean $|W_t - W_{t-1}|$")
     top.set_title(title)
     top.legend(fontsize=8)
     bottom.plot(*_xy(loss), color="black", linewidth=1)
