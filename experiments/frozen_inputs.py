@@ -55,8 +55,9 @@ class FrozenInputsStudy(Study):
         n = dead["examples"]
         if how == "equal":
             sentence = (f"{len(zero)} of {inputs} input pixels were 0 in every one of the {n} training images seen; "
-                        f"exactly those {len(frozen)} rows of layer 1 never changed, bit for bit (zero input -> zero "
-                        f"gradient -> zero {self.args.optimizer} update), and every other row changed (relation: equal)")
+                        f"exactly those {len(frozen)} rows of layer 1 never changed, bit for bit (zero input -> "
+                        f"zero gradient -> zero {self.args.optimizer} update), and every other row changed "
+                        f"(relation: equal)")
         else:
             overlap = "a " + how + " of" if how in ("subset", "superset") else "only partly the same as"
             sentence = (f"{len(zero)} of {inputs} input pixels were 0 in all {n} training images seen and "

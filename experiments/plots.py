@@ -43,8 +43,11 @@ def weight_change_figure(layers: Dict[str, Series], loss: Series, title: str) ->
     return _png(fig)
 
 
+TITLES = ("first-layer rows never changed", "pixels 0 in every image")
+
+
 def frozen_inputs_figure(frozen: Sequence[bool], always_zero: Sequence[bool], side: int = 28,
-                         titles: Tuple[str, str] = ("first-layer rows never changed", "pixels 0 in every image")) -> bytes:
+                         titles: Tuple[str, str] = TITLES) -> bytes:
     """Two side x side maps: first-layer rows that never changed, pixels that were always 0."""
     fig, axes = plt.subplots(1, 2, figsize=(8, 4.3))
     for ax, mask, title in zip(axes, (frozen, always_zero), titles):

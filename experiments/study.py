@@ -26,8 +26,8 @@ from .mnist import Split
 class Run:
     """One model being trained: its optimizer, its monitor and where its records go.
 
-    ``label`` is "" for a single model, else e.g. "1"; ``prefix`` goes in front of its tags.
-    ``memory`` keeps its scalars (not histograms) for the plots drawn at the end.
+    ``label`` is "" for a single model, else e.g. "1": then ``sink`` puts ``variant1/`` in
+    front of its tags. ``memory`` keeps its scalars (not histograms) for the plots at the end.
     """
 
     label: str
@@ -37,10 +37,6 @@ class Run:
     sink: Any
     memory: MemorySink
     history: List[Dict[str, float]] = field(default_factory=list)
-
-    @property
-    def prefix(self) -> str:
-        return f"variant{self.label}/" if self.label else ""
 
 
 def make_run(label: str, model: nn.Module, args: argparse.Namespace, sink: Any, extra: List[Probe]) -> Run:

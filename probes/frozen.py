@@ -7,7 +7,7 @@ a zero gradient, so those weights stay exactly as they were initialised.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 import torch
 from torch import nn
