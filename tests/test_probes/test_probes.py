@@ -128,3 +128,16 @@ def test_suspended_silences_hooks():
     monitor.step()
     monitor.detach()
     assert not sink.histograms
+
+
+def test_prefixed_and_tee_sinks_fan_out_with_renamed_tags():
+    from probes import Prefixed, Tee
+    from probes.records import HostScalar
+
+    plain, renamed = MemorySink(), MemorySink()
+    sink = Tee(plain, Prefixed(renamed, "variant2/"))
+    sink.write([HostScalar("train/loss", 3, 0.5)])
+    sink.text("summary", "words", 3)
+    sink.image("plot", b"png", 3)
+    assert plain.scalars == {"train/loss": [(3, 0.5)]} and renamed.scalars == {"variant2/train/loss": [(3, 0.5)]}
+    assert renamed.texts["variant2/summary"] == [(3, "words")] and renamed.images["variant2/plot"] == [(3, b"png")]
