@@ -129,7 +129,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         if getattr(args, key) is None:
             setattr(args, key, getattr(recipe, key))
     args.task = recipe.task
-    args.variant = args.variant or 1
+    if args.model == "scaled-conv" and not args.compare:
+        args.variant = args.variant or 1
     if args.dry_run:
         args.scan_images, args.scan_norm_images = min(args.scan_images, 8), min(args.scan_norm_images, 2)
         args.test_size = min(args.test_size or 1000, 1000)
