@@ -2,13 +2,17 @@
 gradients, and whether that is exactly where Keras 2's probability clip is flat."""
 from __future__ import annotations
 
-from typing import Any, Dict
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
 
 import torch
 from torch import nn
 
-from models.losses import KERAS_EPSILON, keras_probabilities, target_probability_clipped
+from models.losses import KERAS_EPSILON, LOSSES, keras_probabilities, target_probability_clipped
 from probes.pair_scan import LossFn, pair_scan
+
+from .batches import to_float
+from .study import Run, Study
 
 
 def scan_zero_gradients(model: nn.Module, images: torch.Tensor, loss_fn: LossFn, norms_for: int = 0) -> Dict[str, Any]:
@@ -46,3 +50,32 @@ def describe(facts: Dict[str, Any], loss: str) -> str:
                 ("; --loss logits removes them" if loss == "keras" else ""))
     return (head + f"; {facts['all_zero_but_not_clipped']} of them are not explained by the clip and "
             f"{facts['clipped_but_not_all_zero']} clipped pairs still have a gradient")
+
+
+def log_scan(sink: Any, scan: Dict, step: int) -> None:
+    """Pair-scan facts as scalars, the target-probability spread and norms as histograms."""
+    w = sink.writer
+    w.add_scalar("pair_scan/all_zero_fraction", scan["facts"]["all_zero_fraction"], step)
+    w.add_scalar("pair_scan/clipped_fraction", scan["facts"]["clipped"] / scan["facts"]["pairs"], step)
+    w.add_histogram("pair_scan/log10_target_prob", scan["target_prob"].clamp_min(1e-45).log10().cpu(), step)
+    for layer, norms in scan["result"].layer_norms.items():
+        w.add_histogram(f"pair_scan_grad_norm/{layer}", norms.cpu(), step)
+
+
+class ZeroGradStudy(Study):
+    """cnn: after every epoch, pair-scan the first ``--scan-images`` test images."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.images = to_float(self.test.images[: self.args.scan_images]).to(self.device)
+        self.scan: Dict[str, Any] = {}
+
+    def after_epoch(self, runs: List[Run], step: int, sink: Any) -> str:
+        loss_fn = LOSSES[self.args.loss]["categorical"]
+        self.scan = scan_zero_gradients(runs[0].model, self.images, loss_fn, norms_for=self.args.scan_norm_images)
+        log_scan(sink, self.scan, step)
+        return f"pair scan: {describe(self.scan['facts'], self.args.loss)}"
+
+    def finish(self, runs: List[Run], run_dir: Path, sink: Any) -> Tuple[Dict[str, Any], str]:
+        text = describe(self.scan["facts"], self.args.loss)
+        return {"pair_scan": self.scan["facts"], "pair_scan_text": text}, text

@@ -43,12 +43,15 @@ RECIPES: Dict[str, Recipe] = {
     # Question 000: Adadelta(lr=1.0), batch 128. Two epochs make test predictions confident
     # enough for exactly-zero gradients to appear (1 epoch is not: ~6e-6 smallest prob).
     "cnn": Recipe(optimizer="adadelta", lr=1.0, batch_size=128, loss="keras", epochs=2),
-    # Vanishing gradients: Theano SGD with classic momentum 0.99, lr 0.01, batch 100.
+    # Vanishing gradients: Theano SGD with classic momentum 0.99, lr 0.01, batch 100; Theano's
+    # categorical_crossentropy on a softmax has no clip, so it is cross-entropy from logits.
     "deep-sigmoid": Recipe(optimizer="momentum", lr=0.01, batch_size=100, loss="logits", epochs=1),
     "deep-relu": Recipe(optimizer="momentum", lr=0.01, batch_size=100, loss="logits", epochs=1),
-    # Frozen first-layer rows: Keras 2 RMSprop(lr=0.001), batch 128.
+    # Frozen first-layer rows: Keras 2 RMSprop(lr=0.001, rho=0.9, epsilon=1e-7), batch 128, Keras 2's
+    # clipped categorical_crossentropy.
     "dense-mlp": Recipe(optimizer="rmsprop", lr=0.001, batch_size=128, loss="keras", epochs=1),
-    # Reparameterisation: Keras Adam(lr=1e-3), binary cross-entropy per pixel.
+    # Reparameterisation: Keras Adam(lr=1e-3, epsilon=1e-7), Keras 2's (clipped) binary cross-entropy
+    # per pixel, batch 32 (Keras' fit default); the task is experiments/tasks.py's shifted pixels.
     "scaled-conv": Recipe(optimizer="adam", lr=1e-3, batch_size=32, loss="keras", epochs=1, task="shifted-pixels"),
 }
 

@@ -54,8 +54,12 @@ class ClassicMomentum(Optimizer):
     """SGD with classic momentum as the original Theano code wrote it:
     ``v <- mu * v - lr * g; w <- w + v``.
 
-    torch's SGD keeps ``b <- mu * b + g; w <- w - lr * b``, which is the same trajectory
-    for a constant lr (v = -lr * b) but rounds differently; this class is the literal form.
+    Does torch's SGD match? ``torch.optim.SGD(momentum=mu)`` (dampening 0, not Nesterov)
+    keeps ``b <- mu * b + g; w <- w - lr * b``. With ``v = -lr * b`` that is the same
+    trajectory while lr is constant (tests/test_models.py checks 50 steps agree to 1e-6), but
+    it rounds differently, and when lr changes during training torch rescales the whole
+    accumulated velocity at once while Theano's form applies the new lr to new gradients
+    only. So we made the Theano form literally here instead of configuring torch's SGD.
     """
 
     def __init__(self, params: Iterable, lr: float = 0.01, momentum: float = 0.99) -> None:

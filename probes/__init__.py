@@ -6,15 +6,21 @@ in TensorBoard (or memory). Between logging steps they cost nothing but a check.
 from .activations import ActivationStats
 from .api import PROBES, make_probes, watch
 from .base import Probe, ProbeError, suspended
+from .dead_input import DeadInputs
+from .frozen import FrozenWeights
 from .gradients import GradientStats
 from .monitor import Monitor
 from .nonfinite import NonFiniteEvent, NonFiniteSentinel
 from .pair_scan import PairScanResult, pair_scan
 from .schedule import Schedule, every
-from .sinks import MemorySink, TensorBoardSink
+from .sinks import MemorySink, Prefixed, Tee, TensorBoardSink
+from .update_ratio import UpdateRatio
+from .weight_change import WeightChange
 
 __all__ = [
     "ActivationStats",
+    "DeadInputs",
+    "FrozenWeights",
     "GradientStats",
     "MemorySink",
     "Monitor",
@@ -22,10 +28,14 @@ __all__ = [
     "NonFiniteSentinel",
     "PROBES",
     "PairScanResult",
+    "Prefixed",
     "Probe",
     "ProbeError",
     "Schedule",
+    "Tee",
     "TensorBoardSink",
+    "UpdateRatio",
+    "WeightChange",
     "every",
     "make_probes",
     "pair_scan",

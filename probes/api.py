@@ -8,17 +8,25 @@ from torch import nn
 
 from .activations import ActivationStats
 from .base import Probe
+from .dead_input import DeadInputs
+from .frozen import FrozenWeights
 from .gradients import GradientStats
 from .monitor import Monitor
 from .nonfinite import NonFiniteSentinel
 from .schedule import Schedule
 from .sinks import MemorySink, TensorBoardSink
+from .update_ratio import UpdateRatio
+from .weight_change import WeightChange
 
 #: Probes by name; ``watch(probes="all")`` attaches one of each.
 PROBES: Dict[str, type] = {
     "activations": ActivationStats,
     "gradients": GradientStats,
     "nonfinite": NonFiniteSentinel,
+    "weight_change": WeightChange,
+    "update_ratio": UpdateRatio,
+    "frozen": FrozenWeights,
+    "dead_inputs": DeadInputs,
 }
 
 

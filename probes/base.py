@@ -136,6 +136,35 @@ def leaf_modules(model: nn.Module) -> Iterator[tuple]:
             yield (name or type(module).__name__), module
 
 
+def weight_matrices(model: nn.Module) -> Iterator[tuple]:
+    """(name, parameter) of trainable weights with ``dim >= 2``: Linear/Conv kernels, embeddings.
+
+    Biases and norm scales are left out: "how much did a layer's weights move" is about these.
+    """
+    for name, param in model.named_parameters():
+        if param.requires_grad and param.dim() >= 2:
+            yield name, param
+
+
+def first_weight_layer(model: nn.Module, name: Optional[str] = None) -> tuple:
+    """(name, module) of the layer that first sees the input: ``name`` if given, else the first
+    module, in registration order, that owns a weight with ``dim >= 2``.
+
+    Registration order is execution order for ``nn.Sequential`` and for models that define
+    their layers in the order they use them; pass ``name`` for any other model. ``name=""``
+    is the model itself (its input).
+    """
+    modules = dict(model.named_modules())
+    if name is not None:
+        if name not in modules:
+            raise ProbeError(f"the model has no submodule named {name!r}")
+        return name, modules[name]
+    for mod_name, module in modules.items():
+        if any(p.dim() >= 2 for p in module.parameters(recurse=False)):
+            return mod_name, module
+    raise ProbeError(f"{type(model).__name__} has no layer with a weight matrix; pass the layer's name")
+
+
 def first_tensor(output: Any) -> Optional[torch.Tensor]:
     """The tensor a layer produced, looking inside tuples, lists and dicts (first one found)."""
     if isinstance(output, torch.Tensor):

@@ -128,13 +128,15 @@ class Monitor:
             self.sink.write(host)
 
     def flush(self) -> None:
-        """Write what is pending (losses of steps since the last log) and flush the sink."""
-        if self._losses:
-            pending = [Scalar("train/loss", s, v) for s, v in self._losses]
-            self._losses = []
-            if self.sink is not None:
-                self.sink.write(to_host(pending))
+        """Write what is pending (losses and per-step probe records of the steps since the
+        last log, e.g. :class:`WeightChange`'s) and flush the sink."""
+        pending: List[Record] = [Scalar("train/loss", s, v) for s, v in self._losses]
+        self._losses = []
+        for probe in self.probes:
+            pending.extend(probe.collect(self.global_step - 1))
         if self.sink is not None:
+            if pending:
+                self.sink.write(to_host(pending))
             self.sink.flush()
 
     def summary(self) -> Dict[str, Any]:

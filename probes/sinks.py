@@ -6,6 +6,7 @@ itself needs nothing but torch.
 """
 from __future__ import annotations
 
+import dataclasses
 import struct
 from collections import defaultdict
 from typing import Any, Dict, List, Optional, Tuple
@@ -14,9 +15,13 @@ from .records import HostHistogram, HostScalar
 
 
 class MemorySink:
-    """Keeps everything in dictionaries keyed by tag: ``scalars[tag] == [(step, value), ...]``."""
+    """Keeps everything in dictionaries keyed by tag: ``scalars[tag] == [(step, value), ...]``.
 
-    def __init__(self) -> None:
+    ``histograms=False`` drops histograms: enough to plot scalars after a long run.
+    """
+
+    def __init__(self, histograms: bool = True) -> None:
+        self.keep_histograms = histograms
         self.scalars: Dict[str, List[Tuple[int, float]]] = defaultdict(list)
         self.histograms: Dict[str, List[Tuple[int, HostHistogram]]] = defaultdict(list)
         self.texts: Dict[str, List[Tuple[int, str]]] = defaultdict(list)
@@ -26,7 +31,7 @@ class MemorySink:
         for r in records:
             if isinstance(r, HostScalar):
                 self.scalars[r.tag].append((r.step, r.value))
-            else:
+            elif self.keep_histograms:
                 self.histograms[r.tag].append((r.step, r))
 
     def text(self, tag: str, text: str, step: int = 0) -> None:
@@ -99,3 +104,55 @@ class TensorBoardSink:
             self.writer.close()
         else:
             self.writer.flush()
+
+
+class Tee:
+    """Hands everything to several sinks, e.g. TensorBoard plus a MemorySink kept for plots."""
+
+    def __init__(self, *sinks) -> None:
+        self.sinks = sinks
+
+    def write(self, records: list) -> None:
+        for sink in self.sinks:
+            sink.write(records)
+
+    def text(self, tag: str, text: str, step: int = 0) -> None:
+        for sink in self.sinks:
+            sink.text(tag, text, step)
+
+    def image(self, tag: str, png: bytes, step: int = 0) -> None:
+        for sink in self.sinks:
+            sink.image(tag, png, step)
+
+    def flush(self) -> None:
+        for sink in self.sinks:
+            sink.flush()
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()
+
+
+class Prefixed:
+    """Puts ``prefix`` in front of every tag, e.g. one run logging several models side by side.
+
+    ``flush`` passes through; ``close`` does not: the wrapped sink belongs to the caller.
+    """
+
+    def __init__(self, sink, prefix: str) -> None:
+        self.sink, self.prefix = sink, prefix
+
+    def write(self, records: list) -> None:
+        self.sink.write([dataclasses.replace(r, tag=self.prefix + r.tag) for r in records])
+
+    def text(self, tag: str, text: str, step: int = 0) -> None:
+        self.sink.text(self.prefix + tag, text, step)
+
+    def image(self, tag: str, png: bytes, step: int = 0) -> None:
+        self.sink.image(self.prefix + tag, png, step)
+
+    def flush(self) -> None:
+        self.sink.flush()
+
+    def close(self) -> None:
+        pass

@@ -6,9 +6,10 @@ import torch
 from torch import nn
 
 import probes
-from probes import ActivationStats, GradientStats, MemorySink, Monitor, ProbeError
+from probes import (ActivationStats, DeadInputs, FrozenWeights, GradientStats, MemorySink, Monitor, ProbeError,
+                    UpdateRatio, WeightChange)
 
-PROBE_CLASSES = [ActivationStats, GradientStats]
+PROBE_CLASSES = [ActivationStats, GradientStats, WeightChange, FrozenWeights, DeadInputs, UpdateRatio]
 
 
 def small_net():
@@ -45,13 +46,14 @@ def test_probe_leaves_training_bitwise_unchanged_and_detaches_cleanly(probe_cls)
     reference = train(small_net())
     model = small_net()
     sink = MemorySink()
-    with Monitor([probe_cls()], sink=sink, every=1).attach(model) as monitor:
-        assert hook_count(model) > 0
+    probe = probe_cls()
+    with Monitor([probe], sink=sink, every=1).attach(model) as monitor:
+        assert hook_count(model) == len(probe._handles)  # every hook on the model is kept for removal
         train(model, monitor=monitor)
     assert hook_count(model) == 0
     for a, b in zip(reference.parameters(), model.parameters()):
         assert torch.equal(a, b)
-    assert sink.scalars or sink.histograms
+    assert set(sink.scalars) - {"train/loss"} or sink.histograms or probe.summary()
 
 
 def test_every_public_probe_is_listed():
@@ -126,3 +128,16 @@ def test_suspended_silences_hooks():
     monitor.step()
     monitor.detach()
     assert not sink.histograms
+
+
+def test_prefixed_and_tee_sinks_fan_out_with_renamed_tags():
+    from probes import Prefixed, Tee
+    from probes.records import HostScalar
+
+    plain, renamed = MemorySink(), MemorySink()
+    sink = Tee(plain, Prefixed(renamed, "variant2/"))
+    sink.write([HostScalar("train/loss", 3, 0.5)])
+    sink.text("summary", "words", 3)
+    sink.image("plot", b"png", 3)
+    assert plain.scalars == {"train/loss": [(3, 0.5)]} and renamed.scalars == {"variant2/train/loss": [(3, 0.5)]}
+    assert renamed.texts["variant2/summary"] == [(3, "words")] and renamed.images["variant2/plot"] == [(3, b"png")]

@@ -1,0 +1,75 @@
+"""The questions' figures as PNG bytes, drawn with matplotlib's Agg backend (no display needed).
+
+Each function returns the PNG; the studies write it into the run directory and log it to
+TensorBoard with ``sink.image``. probes/ never imports this: plotting is not measuring.
+"""
+from __future__ import annotations
+
+import io
+from typing import Dict, List, Sequence, Tuple
+
+import matplotlib
+
+matplotlib.use("Agg")  # before pyplot: draw to memory, never to a window
+import matplotlib.pyplot as plt  # noqa: E402
+
+Series = List[Tuple[int, float]]  # (step, value), as MemorySink keeps them
+
+
+def _png(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _xy(series: Series) -> Tuple[List[int], List[float]]:
+    return [s for s, _ in series], [v for _, v in series]
+
+
+def weight_change_figure(layers: Dict[str, Series], loss: Series, title: str) -> bytes:
+    """The vanishing-gradient question's figure: mean |dW| per layer per step, above the cost."""
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 7), sharex=True, gridspec_kw={"height_ratios": [3, 2]})
+    for i, (name, series) in enumerate(layers.items(), 1):
+        top.plot(*_xy(series), label=f"layer {i} ({name})", linewidth=1)
+    top.set_yscale("log")
+    top.set_ylabel(r"mean $|W_t - W_{t-1}|$")
+    top.set_title(title)
+    top.legend(fontsize=8)
+    bottom.plot(*_xy(loss), color="black", linewidth=1)
+    bottom.set_xlabel("step")
+    bottom.set_ylabel("cost (training batch)")
+    fig.tight_layout()
+    return _png(fig)
+
+
+TITLES = ("first-layer rows never changed", "pixels 0 in every image")
+
+
+def frozen_inputs_figure(frozen: Sequence[bool], always_zero: Sequence[bool], side: int = 28,
+                         titles: Tuple[str, str] = TITLES) -> bytes:
+    """Two side x side maps: first-layer rows that never changed, pixels that were always 0."""
+    fig, axes = plt.subplots(1, 2, figsize=(8, 4.3))
+    for ax, mask, title in zip(axes, (frozen, always_zero), titles):
+        grid = [[float(mask[r * side + c]) for c in range(side)] for r in range(side)]
+        ax.imshow(grid, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_title(f"{title}: {sum(bool(m) for m in mask)}", fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    return _png(fig)
+
+
+def compare_figure(losses: Dict[str, Series], title: str) -> bytes:
+    """Training loss against step, one curve per variant."""
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for i, (name, series) in enumerate(losses.items()):
+        # the third dashed: scaled-conv's variants 2 and 3 train identically and would hide each other
+        ax.plot(*_xy(series), label=name, linewidth=1, linestyle=("-", "-", "--")[i % 3])
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss (binary cross-entropy)")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    return _png(fig)

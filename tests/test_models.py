@@ -1,0 +1,105 @@
+"""The ports against Keras fixtures and the originals' formulas: init, forward, gradients, optimizers, task."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import models
+from experiments.tasks import TASKS
+from models.losses import keras2_crossentropy
+from models.optimizers import ClassicMomentum, build_optimizer
+
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "keras"
+
+
+def load_keras_dense_mlp():
+    weights = np.load(FIXTURES / "weights_C.npz")
+    model = models.build("dense-mlp")
+    with torch.no_grad():
+        for i, layer in enumerate((model.fc1, model.fc2, model.fc3)):
+            layer.weight.copy_(torch.from_numpy(weights[f"w{2 * i}"]).T)  # Keras (in, out) -> torch (out, in)
+            layer.bias.copy_(torch.from_numpy(weights[f"w{2 * i + 1}"]))
+    return model.eval(), weights
+
+
+@pytest.mark.skipif(not (FIXTURES / "grads_C.npz").exists(), reason="Keras fixtures not present")
+def test_dense_mlp_computes_what_keras_computes_on_the_same_weights():
+    model, weights = load_keras_dense_mlp()
+    grads = np.load(FIXTURES / "grads_C.npz")
+    x, y = torch.from_numpy(grads["x"]), torch.from_numpy(grads["y_onehot"])
+    logits = model(x.reshape(-1, 1, 28, 28))
+    assert torch.allclose(logits, torch.from_numpy(grads["logits"]), atol=1e-5)
+    loss = keras2_crossentropy(logits, y)
+    assert torch.allclose(loss, torch.from_numpy(grads["loss_clipped"]), atol=1e-5)
+    loss.mean().backward()
+    for i, layer in enumerate((model.fc1, model.fc2, model.fc3)):
+        expected = torch.from_numpy(grads[f"gclipped{2 * i}"]).T
+        assert torch.allclose(layer.weight.grad, expected, atol=1e-6, rtol=1e-4)
+    # Keras' random_uniform init at [-0.05, 0.05] and zero biases, as ours
+    assert np.abs(weights["w0"]).max() <= 0.05 and not weights["w1"].any()
+
+
+def test_inits_are_the_originals():
+    torch.manual_seed(0)
+    dense = models.build("dense-mlp")
+    assert dense.fc1.weight.abs().max() <= 0.05
+    assert dense.fc1.weight.std().item() == pytest.approx(0.1 / 12**0.5, rel=0.02)  # U(-a, a): std = 2a / sqrt(12)
+    deep = models.build("deep-sigmoid")
+    first, last = deep.layers[0], deep.layers[6]
+    assert first.weight.std().item() == pytest.approx(1 / 784**0.5, rel=0.02)  # N(0, 1) / sqrt(fan_in)
+    assert last.weight.std().item() == pytest.approx(1 / 500**0.5, rel=0.05)
+    assert not first.bias.any() and not last.bias.any()
+    assert [type(m).__name__ for m in deep.layers] == ["Linear", "Sigmoid"] * 3 + ["Linear"]
+
+
+def test_scaled_conv_variants_compute_the_same_function_at_init(mnist):
+    torch.manual_seed(0)
+    base = models.build("scaled-conv", variant=1)
+    nets = [models.build("scaled-conv", variant=v).load_variant1_weights(base) for v in (1, 2, 3)]
+    assert torch.equal(nets[1].conv2.weight, base.conv2.weight * 200)
+    x, _ = TASKS["shifted-pixels"].batch(mnist["train"].images[:64], mnist["train"].labels[:64], torch.device("cpu"))
+    with torch.no_grad():
+        out = [torch.sigmoid(net(x)) for net in nets]
+    assert (out[1] - out[0]).abs().max() < 1e-6 and (out[2] - out[0]).abs().max() < 1e-6
+
+
+def test_shifted_pixel_task_is_the_binarised_image_one_pixel_to_the_right(mnist):
+    images = mnist["train"].images[:16]
+    x, target = TASKS["shifted-pixels"].batch(images, mnist["train"].labels[:16], torch.device("cpu"))
+    assert x.shape == (16, 3, 28, 28) and target.shape == (16, 1, 28, 28)
+    assert torch.equal(x[:, 0], x[:, 2]) and torch.equal(x[:, 0], images.float() / 255)
+    assert torch.equal(target[:, 0, :, 1:], (images[:, :, :-1].float() / 255 > 0.5).float())
+    assert not target[..., 0].any()
+
+
+def test_classic_momentum_follows_torch_sgd_up_to_rounding():
+    """v <- mu v - lr g; w <- w + v is torch's b <- mu b + g; w <- w - lr b with v = -lr b."""
+    torch.manual_seed(0)
+    a = torch.nn.Linear(5, 3)
+    b = torch.nn.Linear(5, 3)
+    b.load_state_dict(a.state_dict())
+    start = a.weight.detach().clone()
+    ours = ClassicMomentum(a.parameters(), lr=0.01, momentum=0.99)
+    theirs = torch.optim.SGD(b.parameters(), lr=0.01, momentum=0.99)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(50):
+        x = torch.randn(8, 5, generator=gen)
+        for net, opt in ((a, ours), (b, theirs)):
+            opt.zero_grad()
+            net(x).pow(2).mean().backward()
+            opt.step()
+    assert torch.allclose(a.weight, b.weight, atol=1e-6)
+    assert (a.weight - start).abs().max() > 1e-3  # they moved, and moved together
+
+
+def test_rmsprop_is_keras2_and_a_zero_gradient_leaves_a_weight_bitwise_unchanged():
+    w = torch.nn.Parameter(torch.tensor([0.5, -0.25]))
+    opt = build_optimizer("rmsprop", [w], lr=0.001)
+    g = torch.tensor([0.2, 0.0])
+    w.grad = g.clone()
+    opt.step()
+    a = 0.1 * g**2  # Keras 2: a = rho a + (1 - rho) g^2; p -= lr g / (sqrt(a) + eps), eps outside the sqrt
+    expected = torch.tensor([0.5, -0.25]) - 0.001 * g / (a.sqrt() + 1e-7)
+    assert torch.allclose(w.detach(), expected, rtol=1e-6)
+    assert w[1].item() == -0.25
