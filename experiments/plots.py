@@ -73,3 +73,26 @@ def compare_figure(losses: Dict[str, Series], title: str) -> bytes:
     ax.legend()
     fig.tight_layout()
     return _png(fig)
+
+
+def zero_gradient_figure(log10_prob: Sequence[float], all_zero: Sequence[bool], eps: float, title: str) -> bytes:
+    """Where the exactly-zero gradients sit: target probabilities of all (image, target) pairs,
+    pairs with an all-zero gradient in red, Keras 2's clip edges as dashed lines."""
+    import math
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    zero = [p for p, z in zip(log10_prob, all_zero) if z]
+    other = [p for p, z in zip(log10_prob, all_zero) if not z]
+    low = min(log10_prob) if len(log10_prob) else -8.0
+    bins = [low + (0.5 - low) * i / 60 for i in range(61)]
+    ax.hist([other, zero], bins=bins, stacked=True, color=["tab:blue", "tab:red"],
+            label=[f"gradient not zero ({len(other)})", f"all-zero gradient ({len(zero)})"])
+    for edge in (math.log10(eps), math.log10(1 - eps)):
+        ax.axvline(edge, color="black", linestyle="--", linewidth=1)
+    ax.set_yscale("log")
+    ax.set_xlabel(r"$\log_{10}$ p(target)  (dashed: the clip at 1e-7 and 1 - 1e-7)")
+    ax.set_ylabel("(image, target) pairs")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    return _png(fig)

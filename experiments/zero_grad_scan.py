@@ -12,6 +12,7 @@ from models.losses import KERAS_EPSILON, LOSSES, keras_probabilities, target_pro
 from probes.pair_scan import LossFn, pair_scan
 
 from .batches import to_float
+from .plots import zero_gradient_figure
 from .study import Run, Study
 
 
@@ -78,4 +79,11 @@ class ZeroGradStudy(Study):
 
     def finish(self, runs: List[Run], run_dir: Path, sink: Any) -> Tuple[Dict[str, Any], str]:
         text = describe(self.scan["facts"], self.args.loss)
+        facts, step = self.scan["facts"], runs[0].monitor.global_step
+        log10_prob = self.scan["target_prob"].clamp_min(1e-45).log10().flatten().tolist()
+        png = zero_gradient_figure(log10_prob, self.scan["result"].all_zero.flatten().tolist(), facts["eps"],
+                                   f"{facts['all_zero']} of {facts['pairs']} pairs have an exactly-zero gradient "
+                                   f"(--loss {self.args.loss})")
+        (run_dir / "zero_gradients.png").write_bytes(png)
+        sink.image("zero_gradients", png, step)
         return {"pair_scan": self.scan["facts"], "pair_scan_text": text}, text

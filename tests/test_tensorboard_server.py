@@ -90,3 +90,12 @@ def test_text_is_served(served_run):
     assert "summary/text_summary" in tags  # add_text("summary") is stored under this tag
     text = get_json(served_run, "/data/plugin/text/text", run=".", tag="summary/text_summary")
     assert "(image, target) pairs" in json.dumps(text)
+
+
+def test_images_are_served(served_run):
+    tags = get_json(served_run, "/data/plugin/images/tags")["."]
+    assert "zero_gradients" in tags
+    (entry,) = get_json(served_run, "/data/plugin/images/images", run=".", tag="zero_gradients")
+    url = f"{served_run}/data/plugin/images/individualImage?{entry['query']}"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        assert response.read(8) == b"\x89PNG\r\n\x1a\n"
