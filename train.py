@@ -2,6 +2,7 @@
 
     python train.py --model cnn            # then: tensorboard --logdir runs
     python train.py --model deep-sigmoid   # also deep-relu, dense-mlp, scaled-conv [--variant N | --compare]
+    torchrun --nproc_per_node=2 train.py --model cnn   # DDP; README "Several processes"
 
 Per epoch: train/test loss and accuracy, the probes logged to TensorBoard every
 ``--log-every`` steps, and what the model's question needs (experiments/study.py: the

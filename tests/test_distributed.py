@@ -102,3 +102,40 @@ def test_cnn_trains_on_two_processes_and_scans_every_image(tmp_path):
     assert norms.histogram_value.num == 7 * 10  # rank 0's five images and two of rank 1's
     assert len(events.Scalars("grad_zero_fraction/conv1.weight")) == 3
     assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1
+
+
+def test_sharded_pair_scan_and_reductions_match_one_process(tmp_path):
+    """tests/distributed_worker.py on 2 processes vs the same computations here on all the data."""
+    import torch
+
+    from distributed_worker import inputs
+    from models.losses import LOSSES
+    from probes.pair_scan import pair_scan
+    from probes.stats import histogram, norm, zero_fraction
+
+    out = tmp_path / "ranks.pt"
+    env = {**os.environ, **THREADS}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(REPO / "tests" / "distributed_worker.py"), str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = torch.load(out)
+
+    model, images, values = inputs()
+    scan = pair_scan(model, images, LOSSES["keras"]["categorical"], norms_for=5)  # rank 0 has 4 images
+    torch.testing.assert_close(got["logits"], scan.logits)
+    assert torch.equal(got["all_zero"], scan.all_zero)
+    assert got["norms"].keys() == scan.layer_norms.keys()
+    for layer, norms in scan.layer_norms.items():
+        assert norms.shape == (5, 10)
+        torch.testing.assert_close(got["norms"][layer], norms)
+    torch.testing.assert_close(got["zero_fraction"], zero_fraction(values))
+    # output gradients of the mean of the ranks' losses: each rank's own / 2
+    torch.testing.assert_close(got["output_grad_norm"], norm(values) / 2)
+    torch.testing.assert_close(got["grad_norm"], norm(values))
+    expected = histogram(values)
+    for field in ("min", "max", "num", "sum", "sum_squares", "bucket_limits"):
+        torch.testing.assert_close(got["hist"][expected._fields.index(field)], getattr(expected, field))
+    counts = got["hist"][-1]
+    assert counts.sum() == expected.bucket_counts.sum()
+    assert (counts.cumsum(0) - expected.bucket_counts.cumsum(0)).abs().sum() <= expected.num  # <= 1 bucket each
