@@ -207,7 +207,8 @@ def pair_scan_all_ranks(ctx: Context, model: nn.Module, images: torch.Tensor, lo
     local.all_zero = ctx.gather_rows(local.all_zero.to(torch.uint8), rows).bool()
     if sum(norm_rows):
         # A rank with no norm rows has no layer names: take them from the model, as pair_scan does.
-        layers = sorted({n.rsplit(".", 1)[0] if "." in n else n for n, p in model.named_parameters() if p.requires_grad})
+        names = [n for n, p in model.named_parameters() if p.requires_grad]
+        layers = sorted({n.rsplit(".", 1)[0] if "." in n else n for n in names})
         empty = local.logits.new_zeros((0, local.all_zero.shape[1]))
         local.layer_norms = {layer: ctx.gather_rows(local.layer_norms.get(layer, empty), norm_rows)
                              for layer in layers}
