@@ -5,7 +5,8 @@ every batch with DDP averaging the gradients, train exactly the model one proces
 the whole batch (up to float summation order). With dropout or BatchNorm they would not: each
 rank draws its own dropout masks and normalises its half with its half's statistics. The cnn
 run checks the rest of the issue on the model it names: it trains under DDP and its pair scan
-covers every scan image, not one rank's share.
+covers every scan image, not one rank's share; tests/distributed_worker.py checks, on fixed
+inputs, that the gathered pair scan and the reduced records equal one process's.
 
 Tolerances: scalars (loss, zero fractions, norms, weight changes) to 1e-5 relative, float32
 sums in another order; histograms' min, max, count and sum of squares the same, their sum to
@@ -139,3 +140,22 @@ def test_sharded_pair_scan_and_reductions_match_one_process(tmp_path):
     counts = got["hist"][-1]
     assert counts.sum() == expected.bucket_counts.sum()
     assert (counts.cumsum(0) - expected.bucket_counts.cumsum(0)).abs().sum() <= expected.num  # <= 1 bucket each
+
+
+def test_slices_cover_every_example_and_weights_make_the_batch_mean():
+    """No processes needed: the arithmetic train.py relies on, for an uneven last batch too."""
+    import pytest
+    import torch
+
+    from experiments.distributed import Context, bounds
+    from experiments.mnist import DataError
+
+    for n in (64, 65, 3):
+        cuts = [bounds(n, 2, r) for r in range(2)]
+        assert cuts[0][0] == 0 and cuts[0][1] == cuts[1][0] and cuts[1][1] == n
+        losses = torch.rand(n, generator=torch.Generator().manual_seed(n))
+        per_rank = [Context(r, 2).rank_loss(losses[a:b].mean(), b - a, n) for r, (a, b) in enumerate(cuts)]
+        torch.testing.assert_close(sum(per_rank) / 2, losses.mean())  # what DDP's averaging optimises
+    with pytest.raises(DataError, match="last batch of 1"):
+        Context(0, 2).check_batches(129, 64)
+    Context(0, 2).check_batches(130, 64)
