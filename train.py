@@ -2,6 +2,7 @@
 
     python train.py --model cnn            # then: tensorboard --logdir runs
     python train.py --model deep-sigmoid   # also deep-relu, dense-mlp, scaled-conv [--variant N | --compare]
+    torchrun --nproc_per_node=2 train.py --model cnn   # DDP; README "Several processes"
 
 Per epoch: train/test loss and accuracy, the probes logged to TensorBoard every
 ``--log-every`` steps, and what the model's question needs (experiments/study.py: the
@@ -20,6 +21,7 @@ import torch
 
 import models
 from experiments.batches import batches, num_batches
+from experiments.distributed import Context, NullSink, setup, teardown
 from experiments.mnist import DataError, Split, load_mnist
 from experiments.progress import Progress
 from experiments.rundir import RunDirError, new_run_dir, write_json
@@ -29,28 +31,35 @@ from experiments.tasks import TASKS, Task
 from models.losses import LOSSES
 from models.optimizers import OPTIMIZERS
 from probes import TensorBoardSink, suspended
+from probes.distributed import reduce_state
 from probes.records import HostScalar
 
 
 def train_epoch(runs: List[Run], task: Task, loss_fn, split: Split, batch_size: int, generator: torch.Generator,
-                device: torch.device, max_steps: Optional[int], label: str) -> List[tuple]:
-    """One pass over ``split``, every run stepping on the same batches; (mean loss, accuracy) per run."""
+                device: torch.device, max_steps: Optional[int], label: str,
+                ctx: Optional[Context] = None) -> List[tuple]:
+    """One pass over ``split``, every run stepping on the same batches; (mean loss, accuracy) per run.
+
+    With several processes each rank trains on its slice of every batch (experiments/distributed.py).
+    """
+    ctx = ctx or Context(device=device)
     for run in runs:
         run.model.train()
     total_loss = [torch.zeros((), device=device) for _ in runs]
     correct = [torch.zeros((), device=device, dtype=torch.long) for _ in runs]
     seen, units = 0, 0
     steps = num_batches(len(split), batch_size) if max_steps is None else max_steps
-    progress = Progress(steps, label)
+    progress = Progress(steps, label, None if ctx.is_main else sys.stdout)  # other ranks: stdout is /dev/null
     for images, labels in batches(split, batch_size, generator):
-        x, target = task.batch(images, labels, device)
+        x, target = task.batch(ctx.shard(images), ctx.shard(labels), device)
         for i, run in enumerate(runs):
             run.optimizer.zero_grad(set_to_none=True)
-            output = run.model(x)
+            output = (run.net or run.model)(x)
             loss = loss_fn(output, target).mean()  # Keras: mean over examples (and pixels)
-            loss.backward()
+            objective = ctx.rank_loss(loss, len(x), len(images))  # `loss` itself on one process
+            objective.backward()
             run.optimizer.step()
-            run.monitor.step(loss)
+            run.monitor.step(objective)
             total_loss[i] += loss.detach() * len(x)
             correct[i] += task.count_correct(output.detach(), target)
         seen, units = seen + len(x), units + task.units(target)
@@ -58,12 +67,17 @@ def train_epoch(runs: List[Run], task: Task, loss_fn, split: Split, batch_size: 
         if progress.done >= steps:
             break
     progress.close()
-    return [(float(t) / seen, int(c) / units) for t, c in zip(total_loss, correct)]
+    seen, units, *totals = ctx.sum(seen, units, *(float(t) for t in total_loss), *(int(c) for c in correct))
+    return [(t / seen, c / units) for t, c in zip(totals[:len(runs)], totals[len(runs):])]
 
 
 @torch.no_grad()
-def evaluate(model, task: Task, loss_fn, split: Split, batch_size: int, device: torch.device):
-    """Mean loss and accuracy over ``split`` in inference mode, with the probes silent."""
+def evaluate(model, task: Task, loss_fn, split: Split, batch_size: int, device: torch.device,
+             ctx: Optional[Context] = None):
+    """Mean loss and accuracy over ``split`` in inference mode, with the probes silent
+    (with several processes: each rank its share, summed)."""
+    ctx = ctx or Context(device=device)
+    n, split = len(split), ctx.shard_split(split)
     model.eval()
     total, correct, units = 0.0, 0, 0
     with suspended():
@@ -73,7 +87,8 @@ def evaluate(model, task: Task, loss_fn, split: Split, batch_size: int, device: 
             total += float(loss_fn(output, target).reshape(len(x), -1).mean(1).sum())
             correct += int(task.count_correct(output, target))
             units += task.units(target)
-    return total / len(split), correct / units
+    total, correct, units = ctx.sum(total, correct, units)
+    return total / n, correct / units
 
 
 class _Parser(argparse.ArgumentParser):
@@ -155,23 +170,29 @@ def keras_initial_state(args: argparse.Namespace) -> Optional[Dict[str, torch.Te
     return models.load_keras_weights(models.build(args.model, **kwargs), args.init_from_keras).state_dict()
 
 
-def run(args: argparse.Namespace) -> Dict:
+def run(args: argparse.Namespace, ctx: Optional[Context] = None) -> Dict:
+    ctx = ctx or Context(device=torch.device(args.device))
     data = load_mnist(args.data_dir)
     train_split, test_split = subset(data["train"], args.train_size), subset(data["test"], args.test_size)
     if args.batch_size > len(train_split):
         raise DataError(f"--batch-size {args.batch_size} is larger than the {len(train_split)} training images")
+    ctx.check_batches(len(train_split), args.batch_size)
     keras_state = keras_initial_state(args)
-    run_dir = new_run_dir(args.model, args.run_dir)
-    write_json(run_dir / "args.json", vars(args))
-    device = torch.device(args.device)
+    run_dir = new_run_dir(args.model, args.run_dir) if ctx.is_main else None  # only rank 0 writes
+    if ctx.is_main:
+        write_json(run_dir / "args.json", vars(args))
+    device = ctx.device
     torch.manual_seed(args.seed)
     task = TASKS[args.task]
     loss_fn = LOSSES[args.loss][task.loss_kind]
     study = study_for(args, train_split, test_split, device)
-    sink = TensorBoardSink(str(run_dir))
+    sink = TensorBoardSink(str(run_dir)) if ctx.is_main else NullSink()
     runs = study.make_runs(sink)
     if keras_state is not None:
         runs[0].model.load_state_dict(keras_state)
+    for r in runs:
+        r.net = ctx.wrap(r.model)  # several processes: DDP, starting every rank from rank 0's weights
+    ctx.seed_dropout(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
     print(f"run directory: {run_dir}")
     start = time.time()
@@ -181,10 +202,11 @@ def run(args: argparse.Namespace) -> Dict:
                 attached.enter_context(r.monitor.attach(r.model))
             for epoch in range(1, args.epochs + 1):
                 results = train_epoch(runs, task, loss_fn, train_split, args.batch_size, generator, device,
-                                      2 if args.dry_run else None, f"epoch {epoch}/{args.epochs}")
+                                      2 if args.dry_run else None, f"epoch {epoch}/{args.epochs}", ctx)
                 step = runs[0].monitor.global_step
                 for r, (train_loss, train_acc) in zip(runs, results):
-                    test_loss, test_acc = evaluate(r.model, task, loss_fn, test_split, args.batch_size, device)
+                    ctx.sync_buffers(r.model)  # every rank evaluates (and scans) rank 0's model
+                    test_loss, test_acc = evaluate(r.model, task, loss_fn, test_split, args.batch_size, device, ctx)
                     r.history.append(dict(epoch=epoch, step=step, train_loss=train_loss, train_accuracy=train_acc,
                                           test_loss=test_loss, test_accuracy=test_acc))
                     r.sink.write([HostScalar(f"epoch/{k}", step, v) for k, v in r.history[-1].items()
@@ -194,6 +216,10 @@ def run(args: argparse.Namespace) -> Dict:
                 note = study.after_epoch(runs, step, sink)
                 if note:
                     print(f"epoch {epoch}: {note}")
+        for r in runs:
+            reduce_state(r.monitor.probes)  # several processes: e.g. dead inputs over every rank's data
+        if not ctx.is_main:
+            return {}
         facts, sentence = study.finish(runs, run_dir, sink)
         summary = {"model": args.model, "loss": args.loss, "epochs": args.epochs,
                    "steps": runs[0].monitor.global_step, "seconds": round(time.time() - start, 2)}
@@ -214,14 +240,17 @@ def run(args: argparse.Namespace) -> Dict:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
+    ctx = setup(args.device)  # torchrun: join the process group; else one process
     try:
-        run(args)
+        run(args, ctx)
     except (DataError, RunDirError, KerasWeightsError) as exc:
         print(f"train.py: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("train.py: interrupted; what was logged so far is kept", file=sys.stderr)
         return 130
+    finally:
+        teardown(ctx)
     return 0
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -37,6 +37,7 @@ class Run:
     sink: Any
     memory: MemorySink
     history: List[Dict[str, float]] = field(default_factory=list)
+    net: Optional[nn.Module] = None  # what a training step calls, if not ``model``: its DDP wrapper
 
 
 def make_run(label: str, model: nn.Module, args: argparse.Namespace, sink: Any, extra: List[Probe]) -> Run:

@@ -3,7 +3,7 @@ gradients, and whether that is exactly where Keras 2's probability clip is flat.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -12,13 +12,21 @@ from models.losses import KERAS_EPSILON, LOSSES, keras_probabilities, target_pro
 from probes.pair_scan import LossFn, pair_scan
 
 from .batches import to_float
+from .distributed import Context, pair_scan_all_ranks
 from .plots import zero_gradient_figure
 from .study import Run, Study
 
 
-def scan_zero_gradients(model: nn.Module, images: torch.Tensor, loss_fn: LossFn, norms_for: int = 0) -> Dict[str, Any]:
-    """Pair-scan ``images`` against all 10 targets; return the summary facts and the raw result."""
-    result = pair_scan(model, images, loss_fn, norms_for=norms_for)
+def scan_zero_gradients(model: nn.Module, images: torch.Tensor, loss_fn: LossFn, norms_for: int = 0,
+                        ctx: Optional[Context] = None) -> Dict[str, Any]:
+    """Pair-scan ``images`` against all 10 targets; return the summary facts and the raw result.
+
+    With ``ctx`` of several processes each rank scans its share and every rank gets all of it.
+    """
+    if ctx is None:
+        result = pair_scan(model, images, loss_fn, norms_for=norms_for)
+    else:
+        result = pair_scan_all_ranks(ctx, model, images, loss_fn, norms_for=norms_for)
     target_prob = keras_probabilities(result.logits)  # the p Keras 2 clips: (N, 10)
     clipped = target_probability_clipped(target_prob)
     all_zero = result.all_zero
@@ -73,8 +81,10 @@ class ZeroGradStudy(Study):
 
     def after_epoch(self, runs: List[Run], step: int, sink: Any) -> str:
         loss_fn = LOSSES[self.args.loss]["categorical"]
-        self.scan = scan_zero_gradients(runs[0].model, self.images, loss_fn, norms_for=self.args.scan_norm_images)
-        log_scan(sink, self.scan, step)
+        ctx = Context.current(self.device)  # several processes: the scan covers every rank's share
+        self.scan = scan_zero_gradients(runs[0].model, self.images, loss_fn, self.args.scan_norm_images, ctx)
+        if ctx.is_main:
+            log_scan(sink, self.scan, step)
         return f"pair scan: {describe(self.scan['facts'], self.args.loss)}"
 
     def finish(self, runs: List[Run], run_dir: Path, sink: Any) -> Tuple[Dict[str, Any], str]:

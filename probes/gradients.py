@@ -9,6 +9,7 @@ from torch import nn
 
 from . import stats
 from .base import Probe, first_tensor, leaf_modules
+from .distributed import gradients_averaged_later
 from .records import Histogram, Record, Scalar
 
 
@@ -16,7 +17,11 @@ class GradientStats(Probe):
     """On logging steps: for every trainable parameter the histogram, exact-zero fraction
     and norm of its gradient (from ``register_post_accumulate_grad_hook``, so no call is
     needed from the loop), and for every leaf layer the same of the gradient flowing into
-    its output (a tensor hook registered by a forward hook, so in-place layers work)."""
+    its output (a tensor hook registered by a forward hook, so in-place layers work).
+
+    Under DistributedDataParallel the hook sees this rank's local gradient, so parameter
+    gradients are measured at ``end_step`` instead, from the averaged ``.grad`` (see
+    :mod:`probes.distributed`); layer-output gradients stay per rank and are reduced."""
 
     name = "gradients"
 
@@ -27,6 +32,7 @@ class GradientStats(Probe):
         self._param_stats: Dict[str, List[Record]] = {}
         self._output_records: List[Record] = []
         self._calls: Dict[str, int] = {}
+        self._averaged_later: Dict[str, torch.Tensor] = {}
 
     def start_step(self, step: int, logging: bool) -> None:
         super().start_step(step, logging)
@@ -43,7 +49,18 @@ class GradientStats(Probe):
     def _on_param_grad(self, name: str, param: torch.Tensor) -> None:
         if not self.recording or param.grad is None:
             return
-        grad = param.grad.detach()
+        if gradients_averaged_later():  # DDP: this is the local gradient; measure the average at end_step
+            self._averaged_later[name] = param
+            return
+        self._measure_param(name, param.grad.detach())
+
+    def end_step(self, step: int) -> None:
+        pending, self._averaged_later = self._averaged_later, {}
+        for name, param in pending.items():
+            if param.grad is not None:
+                self._measure_param(name, param.grad.detach())
+
+    def _measure_param(self, name: str, grad: torch.Tensor) -> None:
         # Accumulation over several backward passes fires this hook each time; the last
         # call sees the full gradient, so it simply replaces the earlier measurement.
         self._param_stats[name] = [

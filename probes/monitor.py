@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .base import Probe
+from .distributed import reduce_records
 from .records import Record, Scalar, to_host
 from .schedule import Schedule, as_schedule
 
@@ -123,7 +124,7 @@ class Monitor:
         self._losses = []
         for probe in self.probes:
             records.extend(probe.collect(step))
-        host = to_host(records)
+        host = to_host(reduce_records(records))  # several processes: one set for the global batch
         if self.sink is not None and host:
             self.sink.write(host)
 
@@ -134,9 +135,10 @@ class Monitor:
         self._losses = []
         for probe in self.probes:
             pending.extend(probe.collect(self.global_step - 1))
+        host = to_host(reduce_records(pending)) if pending else []  # every rank reduces, sink or not
         if self.sink is not None:
-            if pending:
-                self.sink.write(to_host(pending))
+            if host:
+                self.sink.write(host)
             self.sink.flush()
 
     def summary(self) -> Dict[str, Any]:

@@ -14,6 +14,7 @@ from torch import nn
 
 from . import stats
 from .base import Probe, is_suspended, weight_matrices
+from .distributed import gradients_averaged_later
 from .records import Record, Scalar
 
 _TAGS = ("update_grad_norm", "update_norm", "update_ratio")
@@ -57,7 +58,7 @@ class UpdateRatio(Probe):
         self._params, self._previous, self._grad_norm = [], [], {}
 
     def _on_grad(self, name: str, param: torch.Tensor) -> None:
-        if not is_suspended() and param.grad is not None:
+        if not is_suspended() and param.grad is not None and not gradients_averaged_later():
             self._grad_norm[name] = stats.norm(param.grad)  # accumulation: the last call wins
 
     @torch.no_grad()
@@ -65,6 +66,8 @@ class UpdateRatio(Probe):
         if not self._params:
             return
         zero = self._total.new_zeros((), dtype=torch.float32)
+        if gradients_averaged_later():  # DDP: .grad holds the ranks' average only after backward
+            self._grad_norm = {n: stats.norm(p.grad) for n, p in zip(self.layers, self._params) if p.grad is not None}
         grads = torch.stack([self._grad_norm.get(n, zero) for n in self.layers])
         updates, weights = [], []
         for param, previous in zip(self._params, self._previous):
