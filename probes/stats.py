@@ -44,7 +44,8 @@ class Summary(NamedTuple):
 
 
 class Scratch:
-    """Flat buffers reused for elementwise temporaries, one per (slot, dtype, device).
+    """Flat buffers reused for elementwise temporaries, one per (slot, dtype, device), and
+    the random picks of sampled histograms.
 
     A buffer grows to the largest request and is kept until :meth:`release`, which a probe
     calls after each logging step so that nothing is held between logs.
@@ -53,6 +54,7 @@ class Scratch:
     def __init__(self) -> None:
         self._buffers: Dict[Tuple[str, torch.dtype, torch.device], torch.Tensor] = {}
         self._generators: Dict[torch.device, torch.Generator] = {}
+        self._picks: Dict[tuple, torch.Tensor] = {}
 
     def take(self, slot: str, numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         key = (slot, dtype, device)
@@ -69,8 +71,22 @@ class Scratch:
             gen = self._generators[device] = torch.Generator(device=device).manual_seed(0)
         return gen
 
+    def picks(self, n: int, sample: int, device: torch.device) -> torch.Tensor:
+        """Indices of ``sample`` of ``n`` elements, one drawn at random from each of ``sample``
+        equal strata: every element is equally likely, and the reads go forward through
+        memory (independent picks cost 4x more). Tensors of one size share the draw until
+        :meth:`release`."""
+        key = (n, sample, device)
+        picks = self._picks.get(key)
+        if picks is None:
+            jitter = torch.rand(sample, device=device, dtype=torch.float64, generator=self.generator(device))
+            picks = (torch.arange(sample, device=device, dtype=torch.float64) + jitter).mul_(n / sample)
+            picks = self._picks[key] = picks.long().clamp_(max=n - 1)
+        return picks
+
     def release(self) -> None:
         self._buffers.clear()
+        self._picks.clear()
 
 
 def summarize(x: torch.Tensor, bins: int = DEFAULT_BINS, scratch: Optional[Scratch] = None,
@@ -81,10 +97,10 @@ def summarize(x: torch.Tensor, bins: int = DEFAULT_BINS, scratch: Optional[Scrat
     are binned as 0; see :func:`nonfinite_count`). ``torch.histc`` needs its range as
     Python floats (a sync); here the range stays a tensor. Min, max, sum, sum of squares
     and the zero fraction are always exact. With ``sample``, the bucket counts of a larger
-    tensor are estimated from that many elements, one drawn at random from each of as many
-    equal strata (with the scratch's own generator, never the global RNG), and scaled to
-    the total: putting every element in its bucket is the one step that does not
-    vectorise on a CPU (~3 ns an element, more than all the rest together).
+    tensor are estimated from that many elements (:meth:`Scratch.picks`, with the scratch's
+    own generator, never the global RNG), scaled to the total: putting every element in
+    its bucket is the one step that does not vectorise on a CPU (~3 ns an element, more
+    than all the rest together).
     """
     x = x.detach().reshape(-1)
     x = x if x.dtype == torch.float32 else x.float()
@@ -115,12 +131,7 @@ def summarize(x: torch.Tensor, bins: int = DEFAULT_BINS, scratch: Optional[Scrat
     width = torch.clamp(hi - lo, min=1e-12) / bins
     values, scale = finite, None
     if sample is not None and n > sample:
-        # one element drawn at random from each of ``sample`` equal strata: every element is
-        # equally likely, and the reads go forward through memory (iid picks cost 4x more)
-        jitter = torch.rand(sample, device=x.device, dtype=torch.float64, generator=scratch.generator(x.device))
-        picks = (torch.arange(sample, device=x.device, dtype=torch.float64) + jitter).mul_(n / sample)
-        picks = picks.long().clamp_(max=n - 1)
-        values, scale = torch.index_select(finite, 0, picks), n / sample
+        values, scale = torch.index_select(finite, 0, scratch.picks(n, sample, x.device)), n / sample
     # bucket = floor((v - lo) / width), clamped to the last bucket for v == hi
     index = torch.sub(values, lo, out=scratch.take("q", values.numel(), x.dtype, x.device))
     index.div_(width).clamp_(0, bins - 1)
