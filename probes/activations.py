@@ -52,6 +52,8 @@ class ActivationStats(Probe):
     def start_step(self, step: int, logging: bool) -> None:
         super().start_step(step, logging)
         self._calls.clear()
+        if not logging:
+            self._scratch.release()
 
     def _on_output(self, name: str, kind: type, module: nn.Module, inputs: tuple, output: object) -> None:
         if not self.recording:
@@ -72,7 +74,10 @@ class ActivationStats(Probe):
                 Scalar(f"activation_saturated_fraction/{tag}", self.step, stats.saturated_fraction(out, *bounds))
             )
 
+    def _on_detach(self) -> None:
+        self._scratch.release()
+
     def collect(self, step: int) -> List[Record]:
         records, self._records = self._records, []
-        self._scratch.release()
+        self._scratch.new_step()
         return records

@@ -44,6 +44,11 @@ class GradientStats(Probe):
             for name, module in leaf_modules(model):
                 self._keep_for_step(module.register_forward_hook(partial(self._on_output, name)))
 
+    def start_step(self, step: int, logging: bool) -> None:
+        super().start_step(step, logging)
+        if not logging:
+            self._scratch.release()
+
     def _records(self, kind: str, name: str, grad: torch.Tensor) -> List[Record]:
         summary = stats.summarize(grad.detach(), self.bins, self._scratch, self.hist_sample)
         return [
@@ -71,8 +76,11 @@ class GradientStats(Probe):
             return
         self._output_records += self._records("output_grad", name, grad)
 
+    def _on_detach(self) -> None:
+        self._scratch.release()
+
     def collect(self, step: int) -> List[Record]:
         records = [r for group in self._param_stats.values() for r in group] + self._output_records
         self._param_stats, self._output_records = {}, []
-        self._scratch.release()
+        self._scratch.new_step()
         return records

@@ -57,13 +57,16 @@ class TensorBoardSink:
     host as float64 and bins it with numpy).
     """
 
-    def __init__(self, log_dir: str, flush_secs: int = 30) -> None:
+    def __init__(self, log_dir: str, flush_secs: int = 30, max_queue: int = 1000) -> None:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as exc:  # pragma: no cover - depends on the environment
             raise RuntimeError("TensorBoard logging needs the 'tensorboard' package: pip install tensorboard") from exc
         self.log_dir = log_dir
-        self.writer = SummaryWriter(log_dir=log_dir, flush_secs=flush_secs)
+        # A logging step writes ~100 events; with SummaryWriter's default queue of 10 the
+        # training thread waits for the writer thread on each of them (measured: 14 ms a
+        # logging step of the cnn). A deeper queue lets the writer drain during the next step.
+        self.writer = SummaryWriter(log_dir=log_dir, flush_secs=flush_secs, max_queue=max_queue)
 
     def write(self, records: list) -> None:
         for r in records:

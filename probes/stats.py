@@ -48,7 +48,9 @@ class Scratch:
     the random picks of sampled histograms.
 
     A buffer grows to the largest request and is kept until :meth:`release`, which a probe
-    calls after each logging step so that nothing is held between logs.
+    calls when a step that does not log starts: nothing is held between logs, and
+    consecutive logging steps reuse the buffers (a fresh multi-megabyte buffer costs page
+    faults on every first touch).
     """
 
     def __init__(self) -> None:
@@ -75,7 +77,7 @@ class Scratch:
         """Indices of ``sample`` of ``n`` elements, one drawn at random from each of ``sample``
         equal strata: every element is equally likely, and the reads go forward through
         memory (independent picks cost 4x more). Tensors of one size share the draw until
-        :meth:`release`."""
+        :meth:`new_step`."""
         key = (n, sample, device)
         picks = self._picks.get(key)
         if picks is None:
@@ -83,6 +85,10 @@ class Scratch:
             picks = (torch.arange(sample, device=device, dtype=torch.float64) + jitter).mul_(n / sample)
             picks = self._picks[key] = picks.long().clamp_(max=n - 1)
         return picks
+
+    def new_step(self) -> None:
+        """Draw fresh sample picks from now on."""
+        self._picks.clear()
 
     def release(self) -> None:
         self._buffers.clear()
