@@ -107,7 +107,7 @@ def summarize(x: torch.Tensor, bins: int = DEFAULT_BINS, scratch: Optional[Scrat
     its bucket is the one step that does not vectorise on a CPU (~3 ns an element, more
     than all the rest together).
     """
-    x = x.detach().reshape(-1)
+    x = _flat(x.detach())
     x = x if x.dtype == torch.float32 else x.float()
     n = x.numel()
     scratch = scratch or Scratch()
@@ -144,6 +144,16 @@ def summarize(x: torch.Tensor, bins: int = DEFAULT_BINS, scratch: Optional[Scrat
     limits = lo + width * torch.arange(1, bins + 1, device=x.device, dtype=x.dtype)
     num = torch.full((), float(n), device=x.device)
     return Summary(Hist(lo, hi, num, total, sum_squares, limits, counts), zero_fraction, norm)
+
+
+def _flat(x: torch.Tensor) -> torch.Tensor:
+    """All elements as a 1-D tensor, in memory order: a view, not a copy, for any dense
+    layout (channels_last activations, transposed weights), since order does not matter here."""
+    if not x.is_contiguous():
+        by_stride = x.permute(*sorted(range(x.dim()), key=lambda d: -x.stride(d)))
+        if by_stride.is_contiguous():
+            return by_stride.view(-1)
+    return x.reshape(-1)
 
 
 def host_reads_are_free(device: torch.device) -> bool:

@@ -90,3 +90,14 @@ def test_zero_count_is_exact_beyond_float32_integers():
     x = torch.ones(2**24 + 3)
     x[:5] = 0.0
     assert stats.summarize(x).zero_fraction.item() == pytest.approx(5 / x.numel(), rel=1e-6)
+
+
+def test_summary_of_a_channels_last_tensor_reads_it_in_place():
+    torch.manual_seed(0)
+    x = torch.randn(4, 8, 5, 5).relu().contiguous(memory_format=torch.channels_last)
+    assert stats._flat(x).data_ptr() == x.data_ptr()  # a view, no copy
+    a, b = stats.summarize(x), stats.summarize(x.contiguous())
+    for field in ("min", "max", "num", "bucket_counts"):
+        assert torch.equal(getattr(a.hist, field), getattr(b.hist, field)), field
+    assert a.zero_fraction.item() == b.zero_fraction.item()
+    assert a.hist.sum.item() == pytest.approx(b.hist.sum.item(), rel=1e-6)
