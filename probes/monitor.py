@@ -73,6 +73,11 @@ class Monitor:
         finally:
             self.detach()
 
+    @property
+    def logging(self) -> bool:
+        """Whether the step now running is a logging step (the probes' hooks are registered)."""
+        return bool(self.schedule(self.global_step))
+
     def _start(self, step: int) -> None:
         logging = bool(self.schedule(step))
         for probe in self.probes:
