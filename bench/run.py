@@ -76,11 +76,12 @@ class Sizes:
     train_repeats: int
     config_rounds: int  # steps per configuration when trying threads / channels_last / compile
     compile: bool
+    baseline_batches: tuple = (128, 1000)  # pairs per batch tried for the batched baseline (b)
 
 
 SIZES = {
-    "smoke": Sizes(16, 2, 2, 2, 1, 12, 8, 4, 20, 4, 3, 2, 2, 2, 2, False),
-    "quick": Sizes(128, 4, 4, 3, 2, 200, 16, 10, 1000, 40, 60, 3, 4, 6, 4, False),
+    "smoke": Sizes(16, 2, 2, 2, 1, 12, 8, 4, 20, 4, 3, 2, 2, 2, 2, False, (128,)),
+    "quick": Sizes(128, 4, 3, 3, 2, 150, 16, 10, 1000, 40, 60, 3, 4, 6, 4, False, (128,)),
     "full": Sizes(128, 10, 5, 20, 3, 2000, 16, 10, 1000, 150, 1000, 3, 15, 8, 8, True),
 }
 
@@ -447,11 +448,23 @@ def memory(sizes: Sizes, threads: int, log) -> Dict:
                          f"logs); RSS every {max(1, min(50, sizes.growth_steps // 10))} steps",
         "rss_trace_mb": [(s, round(r, 1)) for s, r in trace],
         "growth_from_step": warm_trace[0][0] if warm_trace else None,
-        "growth_mb": round(warm[-1] - warm[0], 1) if warm else None,
-        "growth_max_minus_first_mb": round(max(warm) - warm[0], 1) if warm else None,
+        # a least-squares line through the trace, so that the allocator's ups and downs
+        # (+-10 MB) do not read as growth or shrinkage; and the band they span
+        "growth_mb": round(slope(warm_trace) * (warm_trace[-1][0] - warm_trace[0][0]), 1) if len(warm) > 1 else None,
+        "rss_band_mb": [round(min(warm), 1), round(max(warm), 1)] if warm else None,
     }
-    log(f"memory: peak ratio {out['peak_rss_ratio']['median']}, growth over the run {out['growth_mb']} MB")
+    log(f"memory: peak ratio {out['peak_rss_ratio']['median']}, growth over the run {out['growth_mb']} MB "
+        f"(fitted line; RSS within {out['rss_band_mb']} MB)")
     return out
+
+
+def slope(points: List) -> float:
+    """Least-squares slope of (x, y) points."""
+    n = len(points)
+    mx = sum(x for x, _ in points) / n
+    my = sum(y for _, y in points) / n
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    return sum((x - mx) * (y - my) for x, y in points) / sxx if sxx else 0.0
 
 
 def cuda_memory(data, device: torch.device, sizes: Sizes, tmp: str) -> Dict:
@@ -519,13 +532,13 @@ def pair_scans(model, data, device: torch.device, sizes: Sizes, log) -> Dict:
     def norms():
         result["scan"] = pair_scan(model, x_norms, LOSS, norms_for=sizes.norm_images)
 
-    # (b) in batches of 128 pairs (the training batch) and of 1,000 (10,000 at once would
-    # hold ~10 GB of activations); the faster of the two is the baseline
-    fns = {"batched_128": batched(128), "batched_1000": batched(1000), "norms": norms}
+    # (b) in batches of 128 pairs (the training batch) and, in the full run, of 1,000 too
+    # (10,000 at once would hold ~10 GB of activations); the fastest is the baseline
+    fns = {**{f"batched_{b}": batched(b) for b in sizes.baseline_batches}, "norms": norms}
     for fn in fns.values():
         fn()
     times_n = interleaved(fns, sizes.scan_repeats, device)
-    times_n["batched"] = [min(a, b) for a, b in zip(times_n["batched_128"], times_n["batched_1000"])]
+    times_n["batched"] = [min(ts) for ts in zip(*(times_n[f"batched_{b}"] for b in sizes.baseline_batches))]
     ratios = [n / b for n, b in zip(times_n["norms"], times_n["batched"])]
 
     # correctness and the previous implementation, on a few images: torch.func per pair
@@ -546,7 +559,7 @@ def pair_scans(model, data, device: torch.device, sizes: Sizes, log) -> Dict:
         "flags_pairs": pairs_flags,
         "norms_seconds": spread(times_n["norms"]),
         "batched_seconds": spread(times_n["batched"]),
-        "batched_seconds_by_batch": {"128": spread(times_n["batched_128"]), "1000": spread(times_n["batched_1000"])},
+        "batched_seconds_by_batch": {str(b): spread(times_n[f"batched_{b}"]) for b in sizes.baseline_batches},
         "norms_pairs": pairs_norms,
         "norms_method": scan.norms_method,
         "norms_seconds_per_pair": round(med(times_n["norms"]) / pairs_norms, 6),
@@ -556,7 +569,8 @@ def pair_scans(model, data, device: torch.device, sizes: Sizes, log) -> Dict:
         "method": (f"flags: pair_scan over {sizes.flag_images} test images x 10 targets vs the one-pair loop timed on "
                    f"{sizes.loop_pairs} pairs and extrapolated to {pairs_flags}; norms: pair_scan with norms_for="
                    f"{sizes.norm_images} vs a batched forward+backward over the same {pairs_norms} pairs in batches of "
-                   f"128 or 1,000 pairs, whichever was faster in the repeat; {sizes.scan_repeats} interleaved repeats each"),
+                   f"{' or '.join(map(str, sizes.baseline_batches))} pairs (the fastest in each repeat); "
+                   f"{sizes.scan_repeats} interleaved repeats each"),
     }
     log(f"pair scan: flags {out['pair_flags_speedup_vs_loop']['median']}x faster than the loop; norms "
         f"{out['pair_norms_vs_batched']['median']}x the batched forward+backward")
