@@ -151,14 +151,11 @@ def probed(model, log_dir: str, log_every: int, hist_sample="default") -> Monito
     return monitor.attach(model)
 
 
-def fixed_batches(split, batch: int, count: int, device: torch.device, channels_last: bool = False):
+def fixed_batches(split, batch: int, count: int, device: torch.device):
     gen = torch.Generator().manual_seed(1)
     out = []
     for images, labels in batches(split, batch, gen):
-        x = to_float(images).to(device)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        out.append((x, labels.to(device)))
+        out.append((to_float(images).to(device), labels.to(device)))
         if len(out) == count:
             return out
     return out
@@ -673,8 +670,8 @@ def machine() -> Dict:
     return info
 
 
-def headline(details: Dict) -> Dict[str, Optional[float]]:
-    """The fixed ratios, from the CPU run."""
+def headline(details: Dict):
+    """The fixed ratios from the CPU run: (key -> median, key -> spread)."""
     cpu = details["cpu"]
     pick = {
         "probe_overhead_default": cpu["probe_overhead"]["probe_overhead_default"],
@@ -742,7 +739,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             details[device.type] = d
     values, picked = headline(details)
     results = {
-        **{k: v for k, v in values.items()},
+        **values,
         "goals": {k: {"goal": f"{op} {g}" if op else None, "met": goal_met(k, v)} for k, v in values.items()
                   for op, g in [GOALS[k]]},
         "mode": mode_name,
