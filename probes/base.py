@@ -2,9 +2,9 @@
 
 A probe keeps all of its state on itself, never on the user's module, keeps every hook
 handle it registers and removes them on :meth:`Probe.detach`, which may run any number of
-times. Subclasses write only the measurement: they register hooks in :meth:`_on_attach`
-and override the moments they need (:meth:`start_step`, :meth:`end_step`,
-:meth:`collect`), all no-ops here.
+times. Subclasses write only the measurement: they register hooks in :meth:`_on_attach`,
+or in :meth:`_on_arm` for hooks that only logging steps need, and override the moments
+they need (:meth:`start_step`, :meth:`end_step`, :meth:`collect`), all no-ops here.
 """
 from __future__ import annotations
 
@@ -57,6 +57,7 @@ class Probe:
 
     def __init__(self) -> None:
         self._handles: List[Any] = []
+        self._step_handles: List[Any] = []  # hooks registered for the current logging step
         self._model: Optional[nn.Module] = None
         self._logging = False
         self.step = 0
@@ -79,6 +80,7 @@ class Probe:
 
     def detach(self) -> None:
         """Remove every hook this probe registered; safe to call twice."""
+        self._disarm()
         while self._handles:
             self._handles.pop().remove()
         if self._model is not None:
@@ -99,12 +101,26 @@ class Probe:
     def _keep(self, handle: Any) -> None:
         self._handles.append(handle)
 
+    def _keep_for_step(self, handle: Any) -> None:
+        """Keep a hook registered in :meth:`_on_arm`; it is removed when a step that does not
+        log starts."""
+        self._step_handles.append(handle)
+
+    def _disarm(self) -> None:
+        while self._step_handles:
+            self._step_handles.pop().remove()
+
     # -- for subclasses --------------------------------------------------------------
     def _on_attach(self, model: nn.Module) -> None:
         """Register hooks; called once per attach."""
 
     def _on_detach(self) -> None:
         """Release per-attach state beyond hooks (hooks are removed already)."""
+
+    def _on_arm(self, model: nn.Module) -> None:
+        """Register hooks needed only on logging steps, with :meth:`_keep_for_step`. Called when
+        a logging step starts; between logs such hooks are not there at all, so the model
+        runs as if unprobed (not even a Python call per layer)."""
 
     @property
     def recording(self) -> bool:
@@ -116,6 +132,10 @@ class Probe:
         """Called before a step's forward pass; ``logging`` says whether it will be logged."""
         self.step = step
         self._logging = logging
+        if not logging:
+            self._disarm()
+        elif self._model is not None and not self._step_handles:
+            self._on_arm(self._model)
 
     def end_step(self, step: int) -> None:
         """Called after the optimizer has updated the weights at ``step``."""

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 from functools import partial
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 from torch import nn
 
 from . import stats
+from .activations import HIST_SAMPLE
 from .base import Probe, first_tensor, leaf_modules
 from .distributed import gradients_averaged_later
 from .records import Histogram, Record, Scalar
@@ -21,30 +22,48 @@ class GradientStats(Probe):
 
     Under DistributedDataParallel the hook sees this rank's local gradient, so parameter
     gradients are measured at ``end_step`` instead, from the averaged ``.grad`` (see
-    :mod:`probes.distributed`); layer-output gradients stay per rank and are reduced."""
+    :mod:`probes.distributed`); layer-output gradients stay per rank and are reduced.
+
+    Args:
+        hist_sample: as for :class:`probes.ActivationStats`: bucket counts of larger
+            gradients are estimated from this many elements; None counts every element.
+    """
 
     name = "gradients"
 
-    def __init__(self, bins: int = stats.DEFAULT_BINS, layer_outputs: bool = True) -> None:
+    def __init__(self, bins: int = stats.DEFAULT_BINS, layer_outputs: bool = True,
+                 hist_sample: Optional[int] = HIST_SAMPLE) -> None:
         super().__init__()
         self.bins = bins
         self.layer_outputs = layer_outputs
+        self.hist_sample = hist_sample
+        self._scratch = stats.Scratch()
         self._param_stats: Dict[str, List[Record]] = {}
         self._output_records: List[Record] = []
         self._calls: Dict[str, int] = {}
         self._averaged_later: Dict[str, torch.Tensor] = {}
 
+    def _on_arm(self, model: nn.Module) -> None:
+        for name, param in model.named_parameters():
+            if param.requires_grad:
+                self._keep_for_step(param.register_post_accumulate_grad_hook(partial(self._on_param_grad, name)))
+        if self.layer_outputs:
+            for name, module in leaf_modules(model):
+                self._keep_for_step(module.register_forward_hook(partial(self._on_output, name)))
+
     def start_step(self, step: int, logging: bool) -> None:
         super().start_step(step, logging)
         self._calls.clear()
+        if not logging:
+            self._scratch.release()
 
-    def _on_attach(self, model: nn.Module) -> None:
-        for name, param in model.named_parameters():
-            if param.requires_grad:
-                self._keep(param.register_post_accumulate_grad_hook(partial(self._on_param_grad, name)))
-        if self.layer_outputs:
-            for name, module in leaf_modules(model):
-                self._keep(module.register_forward_hook(partial(self._on_output, name)))
+    def _records(self, kind: str, name: str, grad: torch.Tensor) -> List[Record]:
+        summary = stats.summarize(grad.detach(), self.bins, self._scratch, self.hist_sample)
+        return [
+            Histogram(f"{kind}/{name}", self.step, summary.hist),
+            Scalar(f"{kind}_zero_fraction/{name}", self.step, summary.zero_fraction),
+            Scalar(f"{kind}_norm/{name}", self.step, summary.norm),
+        ]
 
     def _on_param_grad(self, name: str, param: torch.Tensor) -> None:
         if not self.recording or param.grad is None:
@@ -63,11 +82,7 @@ class GradientStats(Probe):
     def _measure_param(self, name: str, grad: torch.Tensor) -> None:
         # Accumulation over several backward passes fires this hook each time; the last
         # call sees the full gradient, so it simply replaces the earlier measurement.
-        self._param_stats[name] = [
-            Histogram(f"grad/{name}", self.step, stats.histogram(grad, self.bins)),
-            Scalar(f"grad_zero_fraction/{name}", self.step, stats.zero_fraction(grad)),
-            Scalar(f"grad_norm/{name}", self.step, stats.norm(grad)),
-        ]
+        self._param_stats[name] = self._records("grad", name, grad)
 
     def _on_output(self, name: str, module: nn.Module, inputs: tuple, output: object) -> None:
         if not self.recording:
@@ -82,14 +97,13 @@ class GradientStats(Probe):
     def _on_output_grad(self, name: str, grad: torch.Tensor) -> None:
         if not self.recording:
             return
-        grad = grad.detach()
-        self._output_records += [
-            Histogram(f"output_grad/{name}", self.step, stats.histogram(grad, self.bins)),
-            Scalar(f"output_grad_zero_fraction/{name}", self.step, stats.zero_fraction(grad)),
-            Scalar(f"output_grad_norm/{name}", self.step, stats.norm(grad)),
-        ]
+        self._output_records += self._records("output_grad", name, grad)
+
+    def _on_detach(self) -> None:
+        self._scratch.release()
 
     def collect(self, step: int) -> List[Record]:
         records = [r for group in self._param_stats.values() for r in group] + self._output_records
         self._param_stats, self._output_records = {}, []
+        self._scratch.new_step()
         return records

@@ -102,6 +102,11 @@ class Monitor:
             if self.close_sink and self.sink is not None:
                 self.sink.close()
 
+    @property
+    def logging(self) -> bool:
+        """Whether the step now running is a logging step (the probes' hooks are registered)."""
+        return bool(self.schedule(self.global_step))
+
     def _start(self, step: int) -> None:
         logging = bool(self.schedule(step))
         for probe in self.probes:

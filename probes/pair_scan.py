@@ -8,26 +8,37 @@ The question's ``get_weight_grad`` ran one forward+backward per pair. Here:
   by a Linear layer with a bias, that bias's gradient *is* ``g``, so ``g != 0`` makes the
   gradient non-zero. The flags are then exact from ``g`` alone. Where that does not hold
   (no output bias) we fall back to full per-pair gradients.
-* **norms** (each pair's gradient norm per layer) use ``torch.func``: one forward per
-  input, and ``vjp`` vmapped over the output gradients of all its targets, in chunks
-  sized to a memory budget so per-pair gradients are never all materialised at once.
+* **norms** (each pair's gradient norm per layer) come from one forward pass over a chunk
+  of inputs and one backward pass per target, which gives every layer's output gradient
+  per example; the per-example parameter-gradient norms follow from those and the layer
+  inputs without forming most per-pair gradients (``|a| |g|`` for a Linear layer, sums
+  over positions for BatchNorm; a Conv2d's per-example gradient is one batched matmul,
+  formed per chunk). Models with other parametrised layers use ``torch.func`` instead:
+  ``vjp`` vmapped over the targets' output gradients, one input at a time, in chunks
+  sized to a memory budget.
 
 The model is run in inference mode (BatchNorm running statistics, no dropout), as Keras'
 ``get_weight_grad`` did, with other probes suspended; its training flags are restored.
+In inference mode examples are independent, which is what makes per-example gradients
+from one batched pass exact.
 """
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterator, Optional
+from functools import partial
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from .base import leaf_modules, suspended
+from .base import first_tensor, leaf_modules, suspended
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 DEFAULT_MEMORY_BUDGET = 256 * 2**20  # bytes of per-pair gradients alive at once
+# bytes of one layer output per chunk of the flags' forward pass: cache-sized on a CPU
+FORWARD_CHUNK_BYTES = {"cpu": 16 * 2**20, "other": 1024 * 2**20}
 
 
 @dataclass
@@ -39,6 +50,7 @@ class PairScanResult:
     all_zero: torch.Tensor  # (N, C) bool
     flags_from_output_grad: bool  # True: flags by the exact shortcut; False: full gradients
     layer_norms: Dict[str, torch.Tensor] = field(default_factory=dict)  # layer -> (N', C)
+    norms_method: str = ""  # how full gradients were taken: "closed-form", "torch.func" or "" (none)
 
     @property
     def pairs(self) -> int:
@@ -69,20 +81,33 @@ def output_gradients(logits: torch.Tensor, loss_fn: LossFn, num_targets: int) ->
 
 
 def _forward_with_output_layer(model: nn.Module, x: torch.Tensor):
-    """Run the model and find which leaf module produced its output tensor, if any."""
+    """Run the model in chunks and find which leaf module produced its output, if any.
+
+    The chunk keeps each layer's output near ``FORWARD_CHUNK_BYTES``: on a CPU, a forward
+    pass over 1,000 images at once runs at half the speed of one in chunks of ~100, its
+    multi-megabyte activations falling out of cache and costing page faults.
+    """
     last: Dict[str, object] = {}
+    largest = [1]
 
     def remember(module, inputs, output):
         last["module"], last["output"] = module, output
+        out = first_tensor(output)
+        if out is not None:
+            largest[0] = max(largest[0], out.numel() * out.element_size())
 
     handles = [m.register_forward_hook(remember) for _, m in leaf_modules(model)]
     try:
-        out = model(x)
+        first = model(x[:1])
     finally:
         for h in handles:
             h.remove()
-    producer = last.get("module") if last.get("output") is out else None
-    return out, producer
+    producer = last.get("module") if last.get("output") is first else None
+    if x.shape[0] <= 1:
+        return first, producer
+    target = FORWARD_CHUNK_BYTES.get(x.device.type, FORWARD_CHUNK_BYTES["other"])
+    chunk = max(1, target // largest[0])
+    return torch.cat([first] + [model(x[i:i + chunk]) for i in range(1, x.shape[0], chunk)]), producer
 
 
 def _has_exact_shortcut(producer: Optional[nn.Module]) -> bool:
@@ -135,6 +160,215 @@ def per_pair_layer_norms(model: nn.Module, x: torch.Tensor, output_grad: torch.T
     return norms, nonzero
 
 
+# -- fast per-pair norms -------------------------------------------------------------------
+# A layer's per-example parameter gradients follow from its input a and the gradient g at
+# its output: Linear dW = g a^T, db = g; Conv2d dW = G unfold(a)^T, db = sum over positions
+# of G; BatchNorm in inference mode dgamma = sum g * xhat, dbeta = sum g. One forward over
+# a chunk of inputs gives every a, one backward per target gives every g.
+
+_Layer = Tuple[str, nn.Module, str]  # (name, module, kind)
+
+
+def _kind(module: nn.Module) -> Optional[str]:
+    """Which closed form gives this layer's per-example gradient, if any."""
+    if isinstance(module, nn.Linear):
+        return "linear"
+    if (isinstance(module, nn.Conv2d) and module.groups == 1 and module.padding_mode == "zeros"
+            and module.padding != "same"):
+        return "conv2d"
+    if (isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine
+            and module.running_mean is not None and module.running_var is not None):
+        return "batchnorm"  # in eval mode with running statistics: an affine map per channel
+    return None
+
+
+def _fast_layers(model: nn.Module) -> Optional[List[_Layer]]:
+    """The layers that own trainable parameters, or None when one has no closed form here."""
+    layers = []
+    for name, module in model.named_modules():
+        if not any(p.requires_grad for p in module.parameters(recurse=False)):
+            continue
+        kind = _kind(module)
+        if kind is None or not name:
+            return None
+        layers.append((name, module, kind))
+    return layers
+
+
+def _trainable(module: nn.Module) -> List[Tuple[str, torch.Tensor]]:
+    return [(n, p) for n, p in module.named_parameters(recurse=False) if p.requires_grad]
+
+
+class _Capture:
+    """Forward hooks keeping each layer's input and output of one forward pass.
+
+    With ``clone`` the model continues with a copy of each output, so that an in-place op
+    after a layer (``ReLU(inplace=True)``) leaves the kept output, and its gradient, alone.
+    """
+
+    def __init__(self, modules: List[Tuple[str, nn.Module]], clone: bool = False) -> None:
+        self.seen: Dict[str, tuple] = {}
+        self.twice = False
+        self.clone = clone
+        self.handles = [m.register_forward_hook(partial(self._hook, name)) for name, m in modules]
+
+    def _hook(self, name: str, module: nn.Module, inputs: tuple, output: object):
+        self.twice |= name in self.seen  # a layer used twice: its per-example sums do not split
+        first = inputs[0] if inputs and torch.is_tensor(inputs[0]) else None
+        self.seen[name] = (first, output, output._version if torch.is_tensor(output) else None)
+        return output.clone() if self.clone and torch.is_tensor(output) else None
+
+    def modified_in_place(self) -> bool:
+        return any(torch.is_tensor(o) and o._version != v for _, o, v in self.seen.values())
+
+    def intact(self, count: int) -> bool:
+        """Each layer ran once on a tensor, and no output was modified in place afterwards."""
+        return (not self.twice and len(self.seen) == count and not self.modified_in_place()
+                and all(torch.is_tensor(o) and a is not None for a, o, _ in self.seen.values()))
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def _prepare(module: nn.Module, kind: str, a: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """What a layer's per-example gradients need from its input, shared by all targets."""
+    a = a.detach()
+    if kind == "linear":
+        if a.dim() == 2:
+            return {"a": a, "a_sq": a.double().square().sum(1), "a_max": a.abs().amax(1)}
+        return {"a": a.reshape(a.shape[0], -1, a.shape[-1])}  # (B, T, in)
+    if kind == "conv2d":
+        padding = 0 if module.padding == "valid" else module.padding
+        u = F.unfold(a, module.kernel_size, dilation=module.dilation, padding=padding, stride=module.stride)
+        return {"ut": u.transpose(1, 2).contiguous()}  # (B, L, Cin*kh*kw)
+    shape = [1, -1] + [1] * (a.dim() - 2)
+    return {"xhat": (a - module.running_mean.reshape(shape)) * torch.rsqrt(module.running_var.reshape(shape) + module.eps)}
+
+
+def _per_example(module: nn.Module, kind: str, prep: Dict[str, torch.Tensor], g: torch.Tensor, want_sums: bool):
+    """For one target: each example's squared gradient norm (float64), whether any element
+    is non-zero, and with ``want_sums`` the gradients summed over examples (for the check)."""
+    b = g.shape[0]
+    on = dict(_trainable(module))
+    sq = torch.zeros(b, dtype=torch.float64, device=g.device)
+    nz = torch.zeros(b, dtype=torch.bool, device=g.device)
+    sums: Dict[str, torch.Tensor] = {}
+    if kind == "linear" and "a_sq" in prep:  # never forms g a^T: |g a^T| = |g| |a|
+        g_sq = g.double().square().sum(1)
+        if "weight" in on:
+            sq += prep["a_sq"] * g_sq
+            nz |= (g.abs().amax(1) * prep["a_max"]) != 0  # g a^T underflows to 0 iff this does
+            if want_sums:
+                sums["weight"] = g.t() @ prep["a"]
+        if "bias" in on:
+            sq += g_sq
+            nz |= (g != 0).any(1)
+            if want_sums:
+                sums["bias"] = g.sum(0)
+        return sq, nz, sums
+    if kind == "linear":
+        g3 = g.reshape(b, -1, g.shape[-1])  # (B, T, out)
+        grads = {"weight": lambda: torch.bmm(g3.transpose(1, 2), prep["a"]), "bias": lambda: g3.sum(1)}
+    elif kind == "conv2d":
+        g3 = g.reshape(b, g.shape[1], -1)  # (B, Cout, L)
+        grads = {"weight": lambda: torch.bmm(g3, prep["ut"]), "bias": lambda: g3.sum(2)}  # (B, Cout, Cin*kh*kw)
+    else:
+        dims = list(range(2, g.dim()))
+        grads = {"weight": lambda: (g * prep["xhat"]).sum(dims) if dims else g * prep["xhat"],
+                 "bias": lambda: g.sum(dims) if dims else g}
+    for pname in on:
+        grad = grads[pname]().reshape(b, -1)
+        sq += grad.double().square().sum(1)
+        nz |= (grad != 0).any(1)
+        if want_sums:
+            sums[pname] = grad.sum(0)
+    return sq, nz, sums
+
+
+def _sums_match(sums: Dict[str, torch.Tensor], reference: Dict[str, torch.Tensor]) -> bool:
+    for pname, total in sums.items():
+        ref = reference[pname].reshape(-1)
+        scale = float(ref.abs().max()) if ref.numel() else 0.0
+        if not torch.allclose(total.reshape(-1).to(ref.dtype), ref, rtol=1e-3, atol=1e-4 * scale + 1e-30):
+            return False
+    return True
+
+
+def _bytes_per_input(model: nn.Module, layers: List[_Layer], x1: torch.Tensor) -> int:
+    """Rough memory one input costs the fast path: each layer output kept for the backward
+    pass and its gradient, and every convolution's unfolded input and per-example gradient."""
+    everything = _Capture(list(leaf_modules(model)))
+    try:
+        with torch.no_grad():
+            model(x1)
+    finally:
+        everything.remove()
+    elements = 2 * sum(o.numel() for _, o, _ in everything.seen.values() if torch.is_tensor(o))
+    for name, module, kind in layers:
+        if kind == "conv2d" and name in everything.seen:
+            positions = everything.seen[name][1][0, 0].numel()
+            elements += (2 * positions + module.out_channels) * module.weight[0].numel()
+    return max(1, elements * x1.element_size())
+
+
+def fast_layer_norms(model: nn.Module, x: torch.Tensor, output_grad: torch.Tensor,
+                     memory_budget: int = DEFAULT_MEMORY_BUDGET):
+    """Per pair and layer: gradient L2 norm and whether any element is non-zero, from one
+    forward per chunk of inputs and one backward per target.
+
+    Returns ``(norms, nonzero)`` as :func:`per_pair_layer_norms` does, or None when the model
+    has a trainable layer without a closed form here (Linear, Conv2d, BatchNorm with running
+    statistics), so that the caller uses ``torch.func``. The first chunk checks itself: its
+    per-example gradients summed over examples must equal autograd's gradient of the sum,
+    which catches parameters used outside their module, subclasses that change ``forward``
+    and outputs changed in place.
+    """
+    layers = _fast_layers(model)
+    if not layers or x.shape[0] == 0:
+        return None
+    n, n_targets = x.shape[0], output_grad.shape[1]
+    chunk = max(1, int(memory_budget // _bytes_per_input(model, layers, x[:1])))
+    sq = {name: torch.zeros(n, n_targets, dtype=torch.float64, device=x.device) for name, _, _ in layers}
+    nz = {name: torch.zeros(n, n_targets, dtype=torch.bool, device=x.device) for name, _, _ in layers}
+    clone = False
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        for _ in range(2):
+            cap = _Capture([(name, m) for name, m, _ in layers], clone)
+            try:
+                with torch.enable_grad():
+                    logits = model(x[start:stop])
+            finally:
+                cap.remove()
+            if clone or not cap.modified_in_place():
+                break
+            clone = True  # run the chunk again, keeping the outputs away from in-place ops
+        if not cap.intact(len(layers)):
+            return None
+        outs = [cap.seen[name][1] for name, _, _ in layers]
+        preps = [_prepare(m, kind, cap.seen[name][0]) for name, m, kind in layers]
+        cap = None  # the graph keeps what backward needs; drop our references to the rest
+        for c in range(n_targets):
+            check = start == 0 and c == 0
+            params = [p for _, m, _ in layers for _, p in _trainable(m)] if check else []
+            grads = torch.autograd.grad(logits, outs + params, grad_outputs=output_grad[start:stop, c],
+                                        retain_graph=c < n_targets - 1, allow_unused=True)
+            reference = iter(grads[len(outs):])
+            for (name, module, kind), prep, g in zip(layers, preps, grads):
+                if g is None:  # the layer does not reach the output
+                    return None
+                s, z, sums = _per_example(module, kind, prep, g.detach(), check)
+                sq[name][start:stop, c] = s
+                nz[name][start:stop, c] = z
+                if check:
+                    batch = {pname: next(reference) for pname, _ in _trainable(module)}
+                    if any(v is None for v in batch.values()) or not _sums_match(sums, batch):
+                        return None
+        del logits, outs, preps
+    return {name: v.sqrt().float() for name, v in sq.items()}, nz
+
+
 def pair_scan(model: nn.Module, x: torch.Tensor, loss_fn: LossFn, num_targets: Optional[int] = None,
               norms_for: int = 0, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> PairScanResult:
     """Scan every (input, target) pair of ``x`` for all-zero gradients.
@@ -143,6 +377,7 @@ def pair_scan(model: nn.Module, x: torch.Tensor, loss_fn: LossFn, num_targets: O
         loss_fn: per-example loss ``loss_fn(logits, onehot_targets) -> (N,)``.
         num_targets: number of target classes (default: the model's output width).
         norms_for: also compute per-layer gradient norms for the first ``norms_for`` inputs.
+        memory_budget: roughly how many bytes the per-pair gradient work may hold at once.
     """
     with suspended(), inference_mode_of(model), torch.no_grad():
         logits, producer = _forward_with_output_layer(model, x)
@@ -155,8 +390,10 @@ def pair_scan(model: nn.Module, x: torch.Tensor, loss_fn: LossFn, num_targets: O
     need_full = x.shape[0] if not exact else min(norms_for, x.shape[0])
     if need_full:
         with suspended(), inference_mode_of(model):
-            norms, nonzero = per_pair_layer_norms(model, x[:need_full], g[:need_full], memory_budget)
+            fast = fast_layer_norms(model, x[:need_full], g[:need_full], memory_budget)
+            norms, nonzero = fast or per_pair_layer_norms(model, x[:need_full], g[:need_full], memory_budget)
         result.layer_norms = norms
+        result.norms_method = "closed-form" if fast else "torch.func"
         if not exact:
             any_nonzero = torch.stack(list(nonzero.values())).any(0)
             result.all_zero = ~any_nonzero

@@ -62,7 +62,8 @@ class TensorBoardSink:
     host as float64 and bins it with numpy).
     """
 
-    def __init__(self, log_dir: Optional[str] = None, flush_secs: int = 30, writer: Any = None) -> None:
+    def __init__(self, log_dir: Optional[str] = None, flush_secs: int = 30, writer: Any = None,
+                 max_queue: int = 1000) -> None:
         """Write to ``log_dir``, or through an existing ``SummaryWriter`` (e.g. Lightning's
         ``TensorBoardLogger.experiment``), which is then left open on :meth:`close`."""
         self._owns_writer = writer is None
@@ -73,7 +74,10 @@ class TensorBoardSink:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as exc:  # pragma: no cover - depends on the environment
                 raise RuntimeError("TensorBoard logging needs the 'tensorboard' package: pip install tensorboard") from exc
-            writer = SummaryWriter(log_dir=log_dir, flush_secs=flush_secs)
+            # A logging step writes ~100 events; with SummaryWriter's default queue of 10 the
+            # training thread waits for the writer thread on each of them (measured: 14 ms a
+            # logging step of the cnn). A deeper queue lets the writer drain during the next step.
+            writer = SummaryWriter(log_dir=log_dir, flush_secs=flush_secs, max_queue=max_queue)
         self.log_dir = writer.log_dir if log_dir is None else log_dir
         self.writer = writer
 

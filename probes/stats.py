@@ -2,11 +2,19 @@
 
 Everything here stays on the tensor's device and returns tensors, never Python numbers:
 turning a statistic into a number forces a device sync, so that is left to the one
-transfer per logging step that :class:`probes.monitor.Monitor` makes.
+transfer per logging step that :class:`probes.monitor.Monitor` makes. (On a CPU there is
+no device to wait for, so reading a number there is free, and :func:`summarize` uses that
+to skip a pass.)
+
+A probe runs these over every layer's output and gradient, tens of millions of elements
+per logged step, so they keep passes over the data few: min and max in one
+``aminmax``, sums as reductions that allocate nothing, elementwise work in a
+:class:`Scratch` buffer reused across the tensors of a step (on a CPU a fresh
+multi-megabyte tensor costs more in page faults than the arithmetic on it).
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Dict, NamedTuple, Optional, Tuple
 
 import torch
 
@@ -26,23 +34,162 @@ class Hist(NamedTuple):
     bucket_counts: torch.Tensor  # shape (bins,)
 
 
-def histogram(x: torch.Tensor, bins: int = DEFAULT_BINS) -> Hist:
-    """Histogram of the finite values of ``x`` with ``bins`` equal-width buckets, on device.
+class Summary(NamedTuple):
+    """What the probes log about one tensor; all 0-d tensors but the histogram."""
 
-    ``torch.histc`` needs its range as Python floats (a sync); here the range stays a tensor
-    and values are binned with ``scatter_add_``. Non-finite values are binned as 0 and
-    should be counted separately (see :func:`nonfinite_count`).
+    hist: Hist
+    zero_fraction: torch.Tensor
+    norm: torch.Tensor  # L2 norm of all elements, NaN or inf if any element is
+
+
+class Scratch:
+    """Flat buffers reused for elementwise temporaries, one per (slot, dtype, device), and
+    the random picks of sampled histograms.
+
+    A buffer grows to the largest request and is kept until :meth:`release`, which a probe
+    calls when a step that does not log starts: nothing is held between logs, and
+    consecutive logging steps reuse the buffers (a fresh multi-megabyte buffer costs page
+    faults on every first touch).
     """
-    x = x.detach().reshape(-1).float()
-    finite = torch.isfinite(x)
-    x = torch.where(finite, x, torch.zeros((), device=x.device))
-    lo, hi = torch.aminmax(x) if x.numel() else (x.new_zeros(()), x.new_zeros(()))
+
+    def __init__(self) -> None:
+        self._buffers: Dict[Tuple[str, torch.dtype, torch.device], torch.Tensor] = {}
+        self._generators: Dict[torch.device, torch.Generator] = {}
+        self._picks: Dict[tuple, torch.Tensor] = {}
+
+    def take(self, slot: str, numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        key = (slot, dtype, device)
+        buf = self._buffers.get(key)
+        if buf is None or buf.numel() < numel:
+            buf = self._buffers[key] = torch.empty(numel, dtype=dtype, device=device)
+        return buf[:numel]
+
+    def generator(self, device: torch.device) -> torch.Generator:
+        """A private, seeded generator for sampling, so the global RNG (and with it dropout and
+        data order) is the same with and without probes."""
+        gen = self._generators.get(device)
+        if gen is None:
+            gen = self._generators[device] = torch.Generator(device=device).manual_seed(0)
+        return gen
+
+    def picks(self, n: int, sample: int, device: torch.device) -> torch.Tensor:
+        """Indices of ``sample`` of ``n`` elements, one drawn at random from each of ``sample``
+        equal strata: every element is equally likely, and the reads go forward through
+        memory (independent picks cost 4x more). Tensors of one size share the draw until
+        :meth:`new_step`."""
+        key = (n, sample, device)
+        picks = self._picks.get(key)
+        if picks is None:
+            jitter = torch.rand(sample, device=device, dtype=torch.float64, generator=self.generator(device))
+            picks = (torch.arange(sample, device=device, dtype=torch.float64) + jitter).mul_(n / sample)
+            picks = self._picks[key] = picks.long().clamp_(max=n - 1)
+        return picks
+
+    def new_step(self) -> None:
+        """Draw fresh sample picks from now on."""
+        self._picks.clear()
+
+    def release(self) -> None:
+        self._buffers.clear()
+        self._picks.clear()
+
+
+def summarize(x: torch.Tensor, bins: int = DEFAULT_BINS, scratch: Optional[Scratch] = None,
+              sample: Optional[int] = None) -> Summary:
+    """Histogram, exact-zero fraction and norm of ``x`` in few passes, on its device.
+
+    The histogram has ``bins`` equal-width buckets over the finite values (non-finite ones
+    are binned as 0; see :func:`nonfinite_count`). ``torch.histc`` needs its range as
+    Python floats (a sync); here the range stays a tensor. Min, max, sum, sum of squares
+    and the zero fraction are always exact. With ``sample``, the bucket counts of a larger
+    tensor are estimated from that many elements (:meth:`Scratch.picks`, with the scratch's
+    own generator, never the global RNG), scaled to the total: putting every element in
+    its bucket is the one step that does not vectorise on a CPU (~3 ns an element, more
+    than all the rest together).
+    """
+    x = _flat(x.detach())
+    x = x if x.dtype == torch.float32 else x.float()
+    n = x.numel()
+    scratch = scratch or Scratch()
+    if n == 0:
+        zero = x.new_zeros(())
+        return Summary(Hist(zero, zero, zero, zero, zero, x.new_zeros(bins), x.new_zeros(bins)), zero, zero)
+    total = x.sum()
+    # Non-finite values would spoil min, max and sums. On a CPU checking is free; elsewhere
+    # it would be a sync, so accelerators always take the extra nan_to_num pass.
+    all_finite = host_reads_are_free(x.device) and bool(torch.isfinite(total))
+    if all_finite:
+        finite = x
+    else:
+        finite = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0, out=scratch.take("f", n, x.dtype, x.device))
+        total = finite.sum()
+    lo, hi = torch.aminmax(finite)
+    sum_squares = torch.dot(finite, finite)
+    if all_finite:
+        norm, nonzero = sum_squares.sqrt(), _count_nonzero_finite(x, scratch)
+    else:  # the norm shows NaN/inf as they are; count_nonzero is fast where the device is
+        norm, nonzero = torch.linalg.vector_norm(x), torch.count_nonzero(x)
+    zero_fraction = ((n - nonzero.double()) / n).float()
+
     width = torch.clamp(hi - lo, min=1e-12) / bins
-    index = ((x - lo) / width).floor().clamp_(0, bins - 1).long()
-    counts = torch.zeros(bins, device=x.device).scatter_add_(0, index, torch.ones_like(x))
-    limits = lo + width * torch.arange(1, bins + 1, device=x.device)
-    num = torch.tensor(float(x.numel()), device=x.device)
-    return Hist(lo, hi, num, x.sum(), (x * x).sum(), limits, counts)
+    values, scale = finite, None
+    if sample is not None and n > sample:
+        values, scale = torch.index_select(finite, 0, scratch.picks(n, sample, x.device)), n / sample
+    # bucket = floor((v - lo) / width), clamped to the last bucket for v == hi
+    index = torch.sub(values, lo, out=scratch.take("q", values.numel(), x.dtype, x.device))
+    index.div_(width).clamp_(0, bins - 1)
+    counts = _bincount(index, bins, scratch)
+    if scale is not None:
+        counts = counts * scale
+    limits = lo + width * torch.arange(1, bins + 1, device=x.device, dtype=x.dtype)
+    num = torch.full((), float(n), device=x.device)
+    return Summary(Hist(lo, hi, num, total, sum_squares, limits, counts), zero_fraction, norm)
+
+
+def _flat(x: torch.Tensor) -> torch.Tensor:
+    """All elements as a 1-D tensor, in memory order: a view, not a copy, for any dense
+    layout (channels_last activations, transposed weights), since order does not matter here."""
+    if not x.is_contiguous():
+        by_stride = x.permute(*sorted(range(x.dim()), key=lambda d: -x.stride(d)))
+        if by_stride.is_contiguous():
+            return by_stride.view(-1)
+    return x.reshape(-1)
+
+
+def host_reads_are_free(device: torch.device) -> bool:
+    """Whether reading a number back costs nothing (a CPU tensor) rather than a device sync."""
+    return device.type == "cpu"
+
+
+def _count_nonzero_finite(x: torch.Tensor, scratch: Scratch, piece: int = 2**20) -> torch.Tensor:
+    """Non-zero elements of a flat finite float32 tensor, exactly, as float64: sign(x)**2 is 1
+    for a non-zero, summed by ``dot``; on a CPU several times faster than ``count_nonzero``.
+    Done in cache-sized pieces: a small buffer, and each piece's count exact in float32."""
+    buf = scratch.take("s", min(piece, x.numel()), x.dtype, x.device)
+    counts = []
+    for part in x.split(piece):
+        signs = torch.sign(part, out=buf[:part.numel()])
+        counts.append(torch.dot(signs, signs))
+    return counts[0].double() if len(counts) == 1 else torch.stack(counts).double().sum()
+
+
+def _bincount(index: torch.Tensor, bins: int, scratch: Scratch) -> torch.Tensor:
+    """Counts of the integer parts of ``index`` (floats in [0, bins)), as float32, no sync."""
+    if host_reads_are_free(index.device):
+        # bincount is the fastest exact count on a CPU; on CUDA it reads its max back (a sync)
+        ints = scratch.take("i", index.numel(), torch.int32, index.device)
+        ints.copy_(index)  # truncation = floor, the values being >= 0
+        return torch.bincount(ints, minlength=bins)[:bins].float()
+    ints = scratch.take("l", index.numel(), torch.int64, index.device)
+    ints.copy_(index)
+    ones = torch.ones((), device=index.device).expand_as(ints)
+    return torch.zeros(bins, device=index.device).scatter_add_(0, ints, ones)
+
+
+def histogram(x: torch.Tensor, bins: int = DEFAULT_BINS, scratch: Optional[Scratch] = None,
+              sample: Optional[int] = None) -> Hist:
+    """Histogram of the finite values of ``x``, on device (see :func:`summarize`)."""
+    return summarize(x, bins, scratch, sample).hist
 
 
 def zero_fraction(x: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """Device-side statistics against numpy."""
 import numpy as np
+import pytest
 import torch
 
 from probes import stats
@@ -27,3 +28,76 @@ def test_zero_and_saturated_fractions():
     assert stats.zero_fraction(x).item() == 0.5
     y = torch.tensor([0.0005, 0.5, 0.9995, 0.998])
     assert stats.saturated_fraction(y, 0.0, 1.0).item() == 0.5
+
+
+def direct_summary(x, bins):
+    """What summarize must give, from numpy and plain torch."""
+    finite = torch.nan_to_num(x.reshape(-1).float(), nan=0.0, posinf=0.0, neginf=0.0)
+    lo, hi = float(finite.min()), float(finite.max())
+    counts, _ = np.histogram(finite.numpy(), bins=bins, range=(lo, hi))
+    return dict(min=lo, max=hi, sum=float(finite.double().sum()), sum_squares=float((finite.double() ** 2).sum()),
+                counts=counts, zero_fraction=float((x == 0).double().mean()))
+
+
+@pytest.fixture(params=["cpu path", "accelerator path"])
+def stats_path(request, monkeypatch):
+    """Run each check through both code paths: the CPU one (reads numbers back, bincount)
+    and the one for devices where a read-back is a sync (nan_to_num always, scatter_add_)."""
+    if request.param == "accelerator path":
+        monkeypatch.setattr(stats, "host_reads_are_free", lambda device: False)
+    return request.param
+
+
+@pytest.mark.parametrize("case", ["relu", "nonfinite", "constant", "tiny"])
+def test_summarize_matches_direct_computation(case, stats_path):
+    torch.manual_seed(0)
+    x = {"relu": torch.randn(64, 8, 9, 9).relu(),
+         "nonfinite": torch.tensor([0.0, 1.0, -2.0, float("nan"), float("inf"), 0.0, 3.5]),
+         "constant": torch.full((50,), 2.0),
+         "tiny": torch.tensor([1e-30, 0.0, -1e-30])}[case]
+    s = stats.summarize(x, bins=12, scratch=stats.Scratch())
+    want = direct_summary(x, 12)
+    assert s.hist.min.item() == pytest.approx(want["min"]) and s.hist.max.item() == pytest.approx(want["max"])
+    assert s.hist.num.item() == x.numel()
+    assert s.hist.sum.item() == pytest.approx(want["sum"], rel=1e-5, abs=1e-5)
+    assert s.hist.sum_squares.item() == pytest.approx(want["sum_squares"], rel=1e-5, abs=1e-30)
+    if case != "constant":  # numpy widens an empty range to +-0.5; we put everything in bucket 0
+        assert np.abs(s.hist.bucket_counts.numpy() - want["counts"]).max() <= 2  # float edge rounding only
+    assert s.hist.bucket_counts.sum().item() == x.numel()
+    assert s.zero_fraction.item() == pytest.approx(want["zero_fraction"], abs=1e-7)
+    assert s.norm.item() == pytest.approx(torch.linalg.vector_norm(x.float()).item(), rel=1e-5, nan_ok=True)
+
+
+def test_sampled_bucket_counts_estimate_the_exact_ones_and_leave_the_global_rng_alone(stats_path):
+    torch.manual_seed(0)
+    x = torch.randn(400_000)
+    x[::3] = 0.0
+    exact = stats.summarize(x, bins=20)
+    state = torch.get_rng_state()
+    sampled = stats.summarize(x, bins=20, scratch=stats.Scratch(), sample=10_000)
+    assert torch.equal(torch.get_rng_state(), state)
+    for field in ("min", "max", "num", "sum", "sum_squares", "bucket_limits"):
+        assert torch.equal(getattr(sampled.hist, field), getattr(exact.hist, field)), field
+    assert sampled.zero_fraction.item() == exact.zero_fraction.item() == pytest.approx(1 / 3, abs=1e-5)
+    assert sampled.hist.bucket_counts.sum().item() == pytest.approx(x.numel(), rel=1e-6)
+    # each bucket within 5 standard errors of its exact count
+    p = exact.hist.bucket_counts / x.numel()
+    se = (p * (1 - p) / 10_000).sqrt() * x.numel()
+    assert ((sampled.hist.bucket_counts - exact.hist.bucket_counts).abs() <= 5 * se + 1).all()
+
+
+def test_zero_count_is_exact_beyond_float32_integers():
+    x = torch.ones(2**24 + 3)
+    x[:5] = 0.0
+    assert stats.summarize(x).zero_fraction.item() == pytest.approx(5 / x.numel(), rel=1e-6)
+
+
+def test_summary_of_a_channels_last_tensor_reads_it_in_place():
+    torch.manual_seed(0)
+    x = torch.randn(4, 8, 5, 5).relu().contiguous(memory_format=torch.channels_last)
+    assert stats._flat(x).data_ptr() == x.data_ptr()  # a view, no copy
+    a, b = stats.summarize(x), stats.summarize(x.contiguous())
+    for field in ("min", "max", "num", "bucket_counts"):
+        assert torch.equal(getattr(a.hist, field), getattr(b.hist, field)), field
+    assert a.zero_fraction.item() == b.zero_fraction.item()
+    assert a.hist.sum.item() == pytest.approx(b.hist.sum.item(), rel=1e-6)
