@@ -48,7 +48,8 @@ def test_probe_leaves_training_bitwise_unchanged_and_detaches_cleanly(probe_cls)
     sink = MemorySink()
     probe = probe_cls()
     with Monitor([probe], sink=sink, every=1).attach(model) as monitor:
-        assert hook_count(model) == len(probe._handles)  # every hook on the model is kept for removal
+        # every hook on the model is kept for removal (per-attach or, armed for a logging step, per-step)
+        assert hook_count(model) == len(probe._handles) + len(probe._step_handles)
         train(model, monitor=monitor)
     assert hook_count(model) == 0
     for a, b in zip(reference.parameters(), model.parameters()):
