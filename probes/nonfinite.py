@@ -8,6 +8,7 @@ logging step. Once something was found the probe stops checking (it keeps the fi
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Dict, List, Optional, Tuple
@@ -74,6 +75,13 @@ class NonFiniteSentinel(Probe):
         first = int((~finite).nonzero()[0])
         where, name, _ = flags[first]
         self.event = NonFiniteEvent(step, where, name)
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"event": None if self.event is None else dataclasses.asdict(self.event)}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self._flags = []
+        self.event = None if state["event"] is None else NonFiniteEvent(**state["event"])
 
     @property
     def tripped(self) -> bool:

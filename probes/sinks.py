@@ -62,9 +62,12 @@ class TensorBoardSink:
     host as float64 and bins it with numpy).
     """
 
-    def __init__(self, log_dir: Optional[str] = None, flush_secs: int = 30, writer: Any = None) -> None:
+    def __init__(self, log_dir: Optional[str] = None, flush_secs: int = 30, writer: Any = None,
+                 purge_step: Optional[int] = None) -> None:
         """Write to ``log_dir``, or through an existing ``SummaryWriter`` (e.g. Lightning's
-        ``TensorBoardLogger.experiment``), which is then left open on :meth:`close`."""
+        ``TensorBoardLogger.experiment``), which is then left open on :meth:`close`.
+        ``purge_step``: a resumed run's first step; TensorBoard then hides whatever an earlier
+        writer logged at this step or later (steps after the checkpoint, which are redone)."""
         self._owns_writer = writer is None
         if writer is None:
             if log_dir is None:
@@ -73,7 +76,7 @@ class TensorBoardSink:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as exc:  # pragma: no cover - depends on the environment
                 raise RuntimeError("TensorBoard logging needs the 'tensorboard' package: pip install tensorboard") from exc
-            writer = SummaryWriter(log_dir=log_dir, flush_secs=flush_secs)
+            writer = SummaryWriter(log_dir=log_dir, flush_secs=flush_secs, purge_step=purge_step)
         self.log_dir = writer.log_dir if log_dir is None else log_dir
         self.writer = writer
 
