@@ -12,17 +12,22 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import sys
 import time
-from typing import Dict, List, Optional
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
 
 import torch
 
 import models
+from experiments import checkpoint
 from experiments.batches import batches, num_batches
+from experiments.checkpoint import ResumeError
 from experiments.mnist import DataError, Split, load_mnist
 from experiments.progress import Progress
 from experiments.rundir import RunDirError, new_run_dir, write_json
+from experiments.signals import Interrupted, StopOnSignal
 from experiments.study import Run, study_for
 from models.keras_weights import KerasWeightsError
 from experiments.tasks import TASKS, Task
@@ -32,9 +37,15 @@ from probes import TensorBoardSink, suspended
 from probes.records import HostScalar
 
 
+class NonFiniteError(Exception):
+    """Training produced a NaN or Inf (found by the non-finite sentinel)."""
+
+
 def train_epoch(runs: List[Run], task: Task, loss_fn, split: Split, batch_size: int, generator: torch.Generator,
-                device: torch.device, max_steps: Optional[int], label: str) -> List[tuple]:
-    """One pass over ``split``, every run stepping on the same batches; (mean loss, accuracy) per run."""
+                device: torch.device, max_steps: Optional[int], label: str,
+                after_step: Callable[[], None] = lambda: None) -> List[tuple]:
+    """One pass over ``split``, every run stepping on the same batches; (mean loss, accuracy) per run.
+    ``after_step`` runs between steps: it may raise to stop (signal, NaN/Inf)."""
     for run in runs:
         run.model.train()
     total_loss = [torch.zeros((), device=device) for _ in runs]
@@ -48,6 +59,7 @@ def train_epoch(runs: List[Run], task: Task, loss_fn, split: Split, batch_size: 
             run.optimizer.zero_grad(set_to_none=True)
             output = run.model(x)
             loss = loss_fn(output, target).mean()  # Keras: mean over examples (and pixels)
+            run.monitor["nonfinite"].check_loss(loss)
             loss.backward()
             run.optimizer.step()
             run.monitor.step(loss)
@@ -55,6 +67,7 @@ def train_epoch(runs: List[Run], task: Task, loss_fn, split: Split, batch_size: 
             correct[i] += task.count_correct(output.detach(), target)
         seen, units = seen + len(x), units + task.units(target)
         progress.update()
+        after_step()
         if progress.done >= steps:
             break
     progress.close()
@@ -88,9 +101,46 @@ def positive_int(text: str) -> int:
     return value
 
 
+def nonnegative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+# With --resume the run's own args.json decides everything else: these may still be given.
+RESUME_MAY_GIVE = {"resume", "model", "data_dir", "device", "keep_going"}
+
+
+def given_options(p: argparse.ArgumentParser, argv: Optional[List[str]]) -> List[str]:
+    """The options on the command line (not defaulted): parse again with every default a sentinel."""
+    unset = object()
+    saved = {a: a.default for a in p._actions}
+    try:
+        for action in p._actions:
+            action.default = unset
+        ns = p.parse_args(argv)
+    finally:
+        for action, default in saved.items():
+            action.default = default
+    return [dest for dest, value in vars(ns).items() if value is not unset]
+
+
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = _Parser(prog="train.py", description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True, choices=sorted(models.MODELS), help="which port to train")
+    p.add_argument("--model", choices=sorted(models.MODELS), help="which port to train (required, except with "
+                   "--resume)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its checkpoint, with the "
+                   "arguments it was started with (default: start a new run)")
+    p.add_argument("--keep-going", action="store_true", help="train on after a NaN/Inf appears, instead of stopping "
+                   "with the last good checkpoint (default: stop)")
     g = p.add_argument_group("training (defaults: the model's original recipe, models/__init__.py RECIPES)")
     g.add_argument("--loss", choices=sorted(LOSSES), help="keras (=keras2): clipped probabilities, as Keras 2; "
                    "logits (=keras3): from logits (default: the original's: keras, deep-*: logits)")
@@ -99,7 +149,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    "dense-mlp 128, scaled-conv 32)")
     g.add_argument("--optimizer", choices=OPTIMIZERS, help="optimizer (default: cnn adadelta, deep-* momentum, "
                    "dense-mlp rmsprop, scaled-conv adam; all as Keras 2 / Theano ran them)")
-    g.add_argument("--lr", type=float, help="learning rate (default: cnn 1.0, deep-* 0.01, dense-mlp 0.001, "
+    g.add_argument("--lr", type=positive_float, help="learning rate (default: cnn 1.0, deep-* 0.01, dense-mlp 0.001, "
                    "scaled-conv 0.001)")
     g.add_argument("--seed", type=int, default=0, help="seed for init, dropout and batch order (default: 0)")
     g = p.add_argument_group("scaled-conv")
@@ -111,9 +161,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     g.add_argument("--test-size", type=positive_int, help="evaluate on the first N test images (default: all "
                    "10000; 1000 with --dry-run)")
     g.add_argument("--log-every", type=positive_int, default=100, help="probe logging interval in steps (default: 100)")
-    g.add_argument("--scan-images", type=int, default=1000, help="cnn: test images in the per-epoch pair scan "
+    g.add_argument("--scan-images", type=nonnegative_int, default=1000, help="cnn: test images in the per-epoch pair scan "
                    "(default: 1000)")
-    g.add_argument("--scan-norm-images", type=int, default=16,
+    g.add_argument("--scan-norm-images", type=nonnegative_int, default=16,
                    help="cnn: of those, how many also get per-layer gradient norms (default: 16)")
     g.add_argument("--data-dir", help="MNIST folder (default: $MNIST_DIR, else ./data)")
     g.add_argument("--run-dir", help="where to write logs (default: runs/<model>-<time>, never overwritten)")
@@ -123,6 +173,19 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    help="torch device (default: cuda if available)")
     g.add_argument("--dry-run", action="store_true", help="two steps per epoch and a tiny scan: checks the setup")
     args = p.parse_args(argv)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        p.error(f"argument --device: not a torch device: {args.device!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        p.error(f"argument --device: {args.device} asked for, but torch sees no CUDA device")
+    if args.resume is not None:
+        extra = [f"--{dest.replace('_', '-')}" for dest in given_options(p, argv) if dest not in RESUME_MAY_GIVE]
+        if extra:
+            p.error(f"--resume goes on with the run's own arguments (its args.json); leave out {' '.join(extra)}")
+        return args
+    if args.model is None:
+        p.error("the following arguments are required: --model")
     if args.model != "scaled-conv" and (args.variant is not None or args.compare):
         p.error("--variant and --compare apply to --model scaled-conv only")
     if args.variant is not None and args.compare:
@@ -155,45 +218,106 @@ def keras_initial_state(args: argparse.Namespace) -> Optional[Dict[str, torch.Te
     return models.load_keras_weights(models.build(args.model, **kwargs), args.init_from_keras).state_dict()
 
 
+def resumed_args(args: argparse.Namespace) -> argparse.Namespace:
+    """``--resume DIR``: the run's own arguments, with the few a resume may change."""
+    saved = checkpoint.resume_args(args.resume, args.model)
+    saved.resume, saved.run_dir, saved.keep_going = args.resume, args.resume, args.keep_going
+    for key in ("data_dir", "device"):  # another machine may keep the data elsewhere
+        if getattr(args, key) is not None:
+            setattr(saved, key, getattr(args, key))
+    return saved
+
+
+def log_epoch(r: Run) -> None:
+    r.sink.write([HostScalar(f"epoch/{k}", r.history[-1]["step"], v) for k, v in r.history[-1].items()
+                  if k not in ("epoch", "step")])
+
+
+class Guard:
+    """Between steps: stop on SIGINT/SIGTERM and on the first NaN/Inf (unless ``keep_going``)."""
+
+    def __init__(self, runs: List[Run], stop: StopOnSignal, keep_going: bool) -> None:
+        self.runs, self.stop, self.keep_going, self.warned = runs, stop, keep_going, False
+
+    def __call__(self) -> None:
+        self.stop.check()
+        for r in self.runs:
+            sentinel = r.monitor["nonfinite"]
+            if sentinel.tripped and not self.warned:
+                where = f"{sentinel.event.describe()}{' (variant ' + r.label + ')' if r.label else ''}"
+                if not self.keep_going:
+                    raise NonFiniteError(where)
+                self.warned = True
+                print(f"train.py: warning: {where}; --keep-going: training on", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> Dict:
+    resuming = getattr(args, "resume", None) is not None
     data = load_mnist(args.data_dir)
     train_split, test_split = subset(data["train"], args.train_size), subset(data["test"], args.test_size)
+    if args.train_size is not None and args.train_size > len(train_split):
+        raise DataError(f"--train-size {args.train_size} is more than the {len(train_split)} training images")
+    if args.test_size is not None and args.test_size > len(test_split):
+        raise DataError(f"--test-size {args.test_size} is more than the {len(test_split)} test images")
     if args.batch_size > len(train_split):
         raise DataError(f"--batch-size {args.batch_size} is larger than the {len(train_split)} training images")
-    keras_state = keras_initial_state(args)
-    run_dir = new_run_dir(args.model, args.run_dir)
-    write_json(run_dir / "args.json", vars(args))
     device = torch.device(args.device)
+    if resuming:
+        run_dir = Path(args.resume)
+        saved = checkpoint.load(run_dir, device)  # read and checked before anything is written
+    else:
+        keras_state = keras_initial_state(args)
+        run_dir = new_run_dir(args.model, args.run_dir)
+        write_json(run_dir / "args.json", {k: v for k, v in vars(args).items() if k != "resume"})
     torch.manual_seed(args.seed)
     task = TASKS[args.task]
     loss_fn = LOSSES[args.loss][task.loss_kind]
     study = study_for(args, train_split, test_split, device)
-    sink = TensorBoardSink(str(run_dir))
+    # A resume redoes the steps after the checkpoint: TensorBoard hides what was logged there before.
+    sink = TensorBoardSink(str(run_dir), purge_step=saved["step"] if resuming else None)
     runs = study.make_runs(sink)
-    if keras_state is not None:
+    if not resuming and keras_state is not None:
         runs[0].model.load_state_dict(keras_state)
     generator = torch.Generator().manual_seed(args.seed)
-    print(f"run directory: {run_dir}")
-    start = time.time()
+    print(f"run directory: {run_dir}", flush=True)
+    start, done, kept_step = time.time(), 0, 0  # the last checkpoint: after epoch `done`, at step `kept_step`
     try:
-        with contextlib.ExitStack() as attached:
+        with contextlib.ExitStack() as attached, StopOnSignal() as stop:
             for r in runs:
                 attached.enter_context(r.monitor.attach(r.model))
-            for epoch in range(1, args.epochs + 1):
+            if resuming:
+                checkpoint.restore_training(saved, runs)
+                done, kept_step = saved["epoch"], saved["step"]
+                if done:  # its epoch-end records sit at the purge step: log them again
+                    with torch.random.fork_rng(devices=[]):
+                        for r in runs:
+                            log_epoch(r)
+                        study.after_epoch(runs, saved["step"], sink)
+                checkpoint.restore_streams(saved, runs, generator)
+                print(f"resumed from {run_dir / checkpoint.CHECKPOINT}: after epoch {done}, step {saved['step']}",
+                      flush=True)
+            else:
+                checkpoint.save(run_dir, runs, 0, generator)
+            guard = Guard(runs, stop, args.keep_going)
+            for epoch in range(done + 1, args.epochs + 1):
                 results = train_epoch(runs, task, loss_fn, train_split, args.batch_size, generator, device,
-                                      2 if args.dry_run else None, f"epoch {epoch}/{args.epochs}")
+                                      2 if args.dry_run else None, f"epoch {epoch}/{args.epochs}", guard)
                 step = runs[0].monitor.global_step
                 for r, (train_loss, train_acc) in zip(runs, results):
                     test_loss, test_acc = evaluate(r.model, task, loss_fn, test_split, args.batch_size, device)
                     r.history.append(dict(epoch=epoch, step=step, train_loss=train_loss, train_accuracy=train_acc,
                                           test_loss=test_loss, test_accuracy=test_acc))
-                    r.sink.write([HostScalar(f"epoch/{k}", step, v) for k, v in r.history[-1].items()
-                                  if k not in ("epoch", "step")])
+                    log_epoch(r)
                     print(f"epoch {epoch}{' variant ' + r.label if r.label else ''}: train loss {train_loss:.4f} "
-                          f"acc {train_acc:.4f} | test loss {test_loss:.4f} acc {test_acc:.4f}")
+                          f"acc {train_acc:.4f} | test loss {test_loss:.4f} acc {test_acc:.4f}", flush=True)
                 note = study.after_epoch(runs, step, sink)
                 if note:
-                    print(f"epoch {epoch}: {note}")
+                    print(f"epoch {epoch}: {note}", flush=True)
+                for r in runs:
+                    r.monitor.flush()
+                checkpoint.save(run_dir, runs, epoch, generator)
+                done, kept_step = epoch, step
+                stop.check()
         facts, sentence = study.finish(runs, run_dir, sink)
         summary = {"model": args.model, "loss": args.loss, "epochs": args.epochs,
                    "steps": runs[0].monitor.global_step, "seconds": round(time.time() - start, 2)}
@@ -201,8 +325,22 @@ def run(args: argparse.Namespace) -> Dict:
             summary.update(test_accuracy=runs[0].history[-1]["test_accuracy"],
                            test_loss=runs[0].history[-1]["test_loss"], history=runs[0].history)
         summary.update(facts, summary_text=sentence)
+        nonfinite = {r.label or "model": r.monitor["nonfinite"].summary() for r in runs if r.monitor["nonfinite"].tripped}
+        if nonfinite:
+            summary["nonfinite"] = nonfinite
+        if resuming:
+            summary["resumed_after_epoch"] = saved["epoch"]
         write_json(run_dir / "summary.json", summary)
         sink.text("summary", sentence, summary["steps"])
+    except (Interrupted, NonFiniteError) as exc:
+        kept = (f"kept {run_dir / checkpoint.CHECKPOINT} from the end of epoch {done}" if done else
+                f"kept {run_dir / checkpoint.CHECKPOINT} from before the first step")
+        at = runs[0].monitor.global_step
+        if isinstance(exc, Interrupted):
+            redo = f" (at step {kept_step}: steps {kept_step}-{at - 1} will be redone)" if at > kept_step else ""
+            raise Interrupted(exc.signum, f"{exc} at step {at}; {kept}{redo}; go on with: "
+                              f"python train.py --resume {run_dir}") from None
+        raise NonFiniteError(f"stopped: {exc}; {kept}, the last good one (--keep-going trains on)") from None
     finally:
         for r in runs:
             r.monitor.flush()
@@ -215,10 +353,13 @@ def run(args: argparse.Namespace) -> Dict:
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     try:
-        run(args)
-    except (DataError, RunDirError, KerasWeightsError) as exc:
+        run(resumed_args(args) if args.resume else args)
+    except (DataError, RunDirError, KerasWeightsError, ResumeError, NonFiniteError) as exc:
         print(f"train.py: error: {exc}", file=sys.stderr)
         return 1
+    except Interrupted as exc:
+        print(f"train.py: {exc}", file=sys.stderr)
+        return exc.status
     except KeyboardInterrupt:
         print("train.py: interrupted; what was logged so far is kept", file=sys.stderr)
         return 130
