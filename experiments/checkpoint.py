@@ -87,7 +87,8 @@ def load(run_dir: Path, device: torch.device) -> Dict[str, Any]:
         raise ResumeError(f"{run_dir} has no {CHECKPOINT} (stopped before its first checkpoint, or written by an "
                           f"older train.py); start a new run") from None
     except Exception as exc:  # unpickling errors have many types; the message is what matters
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        text = str(exc).strip()
+        first = text.splitlines()[0].split(". ")[0] if text else type(exc).__name__
         raise ResumeError(f"{path}: cannot read the checkpoint ({first})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ResumeError(f"{path}: not a checkpoint of this train.py")
