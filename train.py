@@ -161,8 +161,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     g.add_argument("--test-size", type=positive_int, help="evaluate on the first N test images (default: all "
                    "10000; 1000 with --dry-run)")
     g.add_argument("--log-every", type=positive_int, default=100, help="probe logging interval in steps (default: 100)")
-    g.add_argument("--scan-images", type=nonnegative_int, default=1000, help="cnn: test images in the per-epoch pair scan "
-                   "(default: 1000)")
+    g.add_argument("--scan-images", type=nonnegative_int, default=1000, help="cnn: test images in the per-epoch "
+                   "pair scan (default: 1000)")
     g.add_argument("--scan-norm-images", type=nonnegative_int, default=16,
                    help="cnn: of those, how many also get per-layer gradient norms (default: 16)")
     g.add_argument("--data-dir", help="MNIST folder (default: $MNIST_DIR, else ./data)")
@@ -180,9 +180,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     if device.type == "cuda" and not torch.cuda.is_available():
         p.error(f"argument --device: {args.device} asked for, but torch sees no CUDA device")
     if args.resume is not None:
-        extra = [f"--{dest.replace('_', '-')}" for dest in given_options(p, argv) if dest not in RESUME_MAY_GIVE]
+        given = given_options(p, argv)
+        extra = [f"--{dest.replace('_', '-')}" for dest in given if dest not in RESUME_MAY_GIVE]
         if extra:
             p.error(f"--resume goes on with the run's own arguments (its args.json); leave out {' '.join(extra)}")
+        if "device" not in given:
+            args.device = None  # the run's own device, not this machine's default
         return args
     if args.model is None:
         p.error("the following arguments are required: --model")
@@ -225,6 +228,9 @@ def resumed_args(args: argparse.Namespace) -> argparse.Namespace:
     for key in ("data_dir", "device"):  # another machine may keep the data elsewhere
         if getattr(args, key) is not None:
             setattr(saved, key, getattr(args, key))
+    if torch.device(saved.device).type == "cuda" and not torch.cuda.is_available():
+        raise ResumeError(f"--resume {args.resume}: that run trained on {saved.device} and torch sees no CUDA "
+                          f"device here; add --device cpu (it goes on, though not bit for bit)")
     return saved
 
 
@@ -325,7 +331,8 @@ def run(args: argparse.Namespace) -> Dict:
             summary.update(test_accuracy=runs[0].history[-1]["test_accuracy"],
                            test_loss=runs[0].history[-1]["test_loss"], history=runs[0].history)
         summary.update(facts, summary_text=sentence)
-        nonfinite = {r.label or "model": r.monitor["nonfinite"].summary() for r in runs if r.monitor["nonfinite"].tripped}
+        nonfinite = {r.label or "model": r.monitor["nonfinite"].summary() for r in runs
+                     if r.monitor["nonfinite"].tripped}
         if nonfinite:
             summary["nonfinite"] = nonfinite
         if resuming:

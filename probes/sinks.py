@@ -76,7 +76,8 @@ class TensorBoardSink:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as exc:  # pragma: no cover - depends on the environment
                 raise RuntimeError("TensorBoard logging needs the 'tensorboard' package: pip install tensorboard") from exc
-            writer = SummaryWriter(log_dir=log_dir, flush_secs=flush_secs, purge_step=purge_step)
+            writer = SummaryWriter(log_dir=log_dir, flush_secs=flush_secs,
+                                   purge_step=purge_step)
         self.log_dir = writer.log_dir if log_dir is None else log_dir
         self.writer = writer
 

@@ -42,6 +42,7 @@ def base(tmp_path_factory, mnist_path):
         "junk_checkpoint": {"args.json": run_args(*RUN), "checkpoint.pt": "junk"},
         "bad_args_json": {"args.json": "{not json", "checkpoint.pt": "x"},
         "other_json": {"args.json": "[1, 2]", "checkpoint.pt": "x"},
+        "cuda_run": {"args.json": run_args(*RUN).replace('"device": "cpu"', '"device": "cuda"'), "checkpoint.pt": "x"},
     }.items():
         (root / name).mkdir()
         for file, text in files.items():
@@ -152,10 +153,8 @@ CASES = [
     (["--resume", "{base}/junk_checkpoint"], 1, "cannot read the checkpoint"),
     (["--resume", "{base}/truncated_checkpoint"], 1, "cannot read the checkpoint"),
 ]
-if torch.cuda.is_available():
-    CASES = [c for c in CASES if c[0] != M + ["--device", "cuda"]]
-else:
-    CASES.append((M + ["--device", "cuda"], 2, "no CUDA"))
+if not torch.cuda.is_available():  # on a GPU machine these are not errors
+    CASES += [(M + ["--device", "cuda"], 2, "no CUDA"), (["--resume", "{base}/cuda_run"], 1, "--device cpu")]
 
 
 @pytest.mark.parametrize("argv, status, needle", CASES, ids=[" ".join(c[0]).replace("{base}/", "") or "no-args"
