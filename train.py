@@ -344,7 +344,8 @@ def run(args: argparse.Namespace) -> Dict:
                 f"kept {run_dir / checkpoint.CHECKPOINT} from before the first step")
         at = runs[0].monitor.global_step
         if isinstance(exc, Interrupted):
-            redo = f" (at step {kept_step}: steps {kept_step}-{at - 1} will be redone)" if at > kept_step else ""
+            steps = f"step {kept_step}" if at == kept_step + 1 else f"steps {kept_step}-{at - 1}"
+            redo = f" (at step {kept_step}: {steps} will be redone)" if at > kept_step else ""
             raise Interrupted(exc.signum, f"{exc} at step {at}; {kept}{redo}; go on with: "
                               f"python train.py --resume {run_dir}") from None
         raise NonFiniteError(f"stopped: {exc}; {kept}, the last good one (--keep-going trains on)") from None
