@@ -1,5 +1,10 @@
-"""Every bad input we could think of, through the real CLI: one line on stderr, exit status 2
-(usage) or 1 (runtime), no traceback, no run directory created, none that existed altered."""
+"""Every bad input we could think of, through the CLI: one line on stderr, exit status 2
+(usage) or 1 (runtime), no traceback, no run directory created, none that existed altered.
+
+Each case runs ``train.main(argv)`` in this process (an uncaught exception fails the test
+as a traceback would); the cases in ``REAL`` also run as a real ``python train.py``
+subprocess. A subprocess costs a torch import, seconds on a busy machine, times 67.
+"""
 import gzip
 import io
 import json
@@ -157,18 +162,42 @@ if not torch.cuda.is_available():  # on a GPU machine these are not errors
     CASES += [(M + ["--device", "cuda"], 2, "no CUDA"), (["--resume", "{base}/cuda_run"], 1, "--device cpu")]
 
 
-@pytest.mark.parametrize("argv, status, needle", CASES, ids=[" ".join(c[0]).replace("{base}/", "") or "no-args"
-                                                              for c in CASES])
-def test_bad_input_is_one_clear_line(argv, status, needle, base):
+IDS = [" ".join(c[0]).replace("{base}/", "") or "no-args" for c in CASES]
+# one or two of each kind, also as a real process
+REAL = {"--model resnet", "--model cnn --lr 0", "--model cnn --run-dir a_file/run", "--model cnn --data-dir data/wrong_md5",
+        "--model cnn --init-from-keras junk_keras.npz", "--resume cnn_run --model dense-mlp",
+        "--resume cnn_run --epochs 3", "--resume junk_checkpoint"}
+assert REAL <= set(IDS)
+
+
+def in_process(argv, monkeypatch, capfd):
+    """``python train.py ARGV`` as main() runs it: (exit status, stderr)."""
+    capfd.readouterr()
+    try:
+        status = train.main(argv)
+    except SystemExit as exc:  # argparse's usage errors
+        status = exc.code
+    return status, capfd.readouterr().err
+
+
+@pytest.mark.parametrize("argv, status, needle", CASES + [c for c, i in zip(CASES, IDS) if i in REAL],
+                         ids=IDS + [f"real: {i}" for i in IDS if i in REAL])
+def test_bad_input_is_one_clear_line(argv, status, needle, base, mnist_path, monkeypatch, capfd, request):
     argv = [a.replace("{base}", str(base)) for a in argv]
     new = base / "new"
     if "--run-dir" not in argv and "--resume" not in argv and argv:
         argv += ["--run-dir", str(new)]
     before = snapshot(base)
-    proc = run_cli(*argv, env_extra={"OMP_NUM_THREADS": "1"}, cwd=base)
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert proc.returncode == status, proc.stderr
-    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    if request.node.callspec.id.startswith("real: "):
+        proc = run_cli(*argv, env_extra={"OMP_NUM_THREADS": "1"}, cwd=base)
+        returncode, stderr = proc.returncode, proc.stderr
+    else:
+        monkeypatch.chdir(base)
+        monkeypatch.setenv("MNIST_DIR", str(mnist_path))
+        returncode, stderr = in_process(argv, monkeypatch, capfd)
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert returncode == status, stderr
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
     assert lines[0].startswith("train.py: error: ") and needle in lines[0], lines[0]
     assert snapshot(base) == before  # nothing made, nothing altered, nothing removed
     assert not new.exists() and not (base / "runs").exists()
