@@ -27,7 +27,7 @@ from experiments.checkpoint import ResumeError
 from experiments.mnist import DataError, Split, load_mnist
 from experiments.progress import Progress
 from experiments.rundir import RunDirError, new_run_dir, write_json
-from experiments.signals import Interrupted, StopOnSignal
+from experiments.stopping import Guard, Interrupted, NonFiniteError, StopOnSignal
 from experiments.study import Run, study_for
 from models.keras_weights import KerasWeightsError
 from experiments.tasks import TASKS, Task
@@ -35,10 +35,6 @@ from models.losses import LOSSES
 from models.optimizers import OPTIMIZERS
 from probes import TensorBoardSink, suspended
 from probes.records import HostScalar
-
-
-class NonFiniteError(Exception):
-    """Training produced a NaN or Inf (found by the non-finite sentinel)."""
 
 
 def train_epoch(runs: List[Run], task: Task, loss_fn, split: Split, batch_size: int, generator: torch.Generator,
@@ -115,24 +111,6 @@ def positive_float(text: str) -> float:
     return value
 
 
-# With --resume the run's own args.json decides everything else: these may still be given.
-RESUME_MAY_GIVE = {"resume", "model", "data_dir", "device", "keep_going"}
-
-
-def given_options(p: argparse.ArgumentParser, argv: Optional[List[str]]) -> List[str]:
-    """The options on the command line (not defaulted): parse again with every default a sentinel."""
-    unset = object()
-    saved = {a: a.default for a in p._actions}
-    try:
-        for action in p._actions:
-            action.default = unset
-        ns = p.parse_args(argv)
-    finally:
-        for action, default in saved.items():
-            action.default = default
-    return [dest for dest, value in vars(ns).items() if value is not unset]
-
-
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = _Parser(prog="train.py", description=__doc__.splitlines()[0])
     p.add_argument("--model", choices=sorted(models.MODELS), help="which port to train (required, except with "
@@ -180,8 +158,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     if device.type == "cuda" and not torch.cuda.is_available():
         p.error(f"argument --device: {args.device} asked for, but torch sees no CUDA device")
     if args.resume is not None:
-        given = given_options(p, argv)
-        extra = [f"--{dest.replace('_', '-')}" for dest in given if dest not in RESUME_MAY_GIVE]
+        given = checkpoint.given_options(p, argv)
+        extra = [f"--{dest.replace('_', '-')}" for dest in given if dest not in checkpoint.RESUME_MAY_GIVE]
         if extra:
             p.error(f"--resume goes on with the run's own arguments (its args.json); leave out {' '.join(extra)}")
         if "device" not in given:
@@ -237,24 +215,6 @@ def resumed_args(args: argparse.Namespace) -> argparse.Namespace:
 def log_epoch(r: Run) -> None:
     r.sink.write([HostScalar(f"epoch/{k}", r.history[-1]["step"], v) for k, v in r.history[-1].items()
                   if k not in ("epoch", "step")])
-
-
-class Guard:
-    """Between steps: stop on SIGINT/SIGTERM and on the first NaN/Inf (unless ``keep_going``)."""
-
-    def __init__(self, runs: List[Run], stop: StopOnSignal, keep_going: bool) -> None:
-        self.runs, self.stop, self.keep_going, self.warned = runs, stop, keep_going, False
-
-    def __call__(self) -> None:
-        self.stop.check()
-        for r in self.runs:
-            sentinel = r.monitor["nonfinite"]
-            if sentinel.tripped and not self.warned:
-                where = f"{sentinel.event.describe()}{' (variant ' + r.label + ')' if r.label else ''}"
-                if not self.keep_going:
-                    raise NonFiniteError(where)
-                self.warned = True
-                print(f"train.py: warning: {where}; --keep-going: training on", file=sys.stderr)
 
 
 def run(args: argparse.Namespace) -> Dict:
@@ -348,7 +308,8 @@ def run(args: argparse.Namespace) -> Dict:
             redo = f" (at step {kept_step}: {steps} will be redone)" if at > kept_step else ""
             raise Interrupted(exc.signum, f"{exc} at step {at}; {kept}{redo}; go on with: "
                               f"python train.py --resume {run_dir}") from None
-        raise NonFiniteError(f"stopped: {exc}; {kept}, the last good one (--keep-going trains on)") from None
+        raise NonFiniteError(f"stopped: {exc}; {kept}, the last good one (to train on regardless: "
+                             f"python train.py --resume {run_dir} --keep-going)") from None
     finally:
         for r in runs:
             r.monitor.flush()

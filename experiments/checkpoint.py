@@ -141,3 +141,22 @@ def resume_args(run_dir: str, model: Optional[str]) -> argparse.Namespace:
         raise ResumeError(f"--resume {run_dir}: no {CHECKPOINT} (stopped before its first checkpoint, or "
                           f"written by an older train.py); start a new run")
     return argparse.Namespace(**saved)
+
+
+# With --resume the run's own args.json decides everything else: these may still be given.
+RESUME_MAY_GIVE = {"resume", "model", "data_dir", "device", "keep_going"}
+
+
+def given_options(p: argparse.ArgumentParser, argv: Optional[List[str]]) -> List[str]:
+    """The options given on the command line, not defaulted: parse again with every default a
+    sentinel (argparse keeps no record of which options it saw)."""
+    unset = object()
+    saved = {a: a.default for a in p._actions}
+    try:
+        for action in p._actions:
+            action.default = unset
+        ns = p.parse_args(argv)
+    finally:
+        for action, default in saved.items():
+            action.default = default
+    return [dest for dest, value in vars(ns).items() if value is not unset]

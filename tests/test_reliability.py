@@ -3,7 +3,6 @@
 dense-mlp on 640 images: small and quick, and it has dropout (the torch RNG must be
 restored) and the two probes with the most state (FrozenWeights, DeadInputs).
 """
-import json
 import os
 import signal
 import subprocess
@@ -121,12 +120,11 @@ def test_nan_stops_with_the_last_good_checkpoint(tmp_path):
     kept = load_checkpoint(run_dir)
     assert kept["epoch"] == 0 and all(t.isfinite().all() for t in kept["runs"][0]["model"].values())
     assert not (run_dir / "summary.json").exists()
-    # --keep-going: the same run trains on, and its weights really are non-finite at the end
-    going = tmp_path / "going"
-    proc = run_cli(*args, "--keep-going", "--run-dir", str(going), env_extra=ENV)
+    # as the message says, --resume with --keep-going trains on: its weights really are non-finite at the end
+    assert f"python train.py --resume {run_dir} --keep-going" in last
+    proc = run_cli("--resume", str(run_dir), "--keep-going", env_extra=ENV)
     assert proc.returncode == 0, proc.stderr
     assert "--keep-going: training on" in proc.stderr
-    assert read_summary(going)["nonfinite"]["model"]["message"] in last
-    final = load_checkpoint(going)["runs"][0]["model"]
+    assert read_summary(run_dir)["nonfinite"]["model"]["message"] in last
+    final = load_checkpoint(run_dir)["runs"][0]["model"]
     assert not all(t.isfinite().all() for t in final.values())
-    assert json.loads((going / "args.json").read_text())["keep_going"] is True

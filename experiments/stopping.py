@@ -1,14 +1,18 @@
-"""SIGINT / SIGTERM during training: stop at the next step boundary, never in the middle of one.
+"""Stopping training safely: on SIGINT / SIGTERM, and at the first NaN/Inf.
 
-The handler only records the signal; the training loop calls :meth:`StopOnSignal.check`
-between steps and after each checkpoint, where stopping leaves nothing half-written. A
-second Ctrl-C raises ``KeyboardInterrupt`` at once, for a loop that does not come back.
+Never in the middle of a step: the signal handler only records the signal, and the
+training loop calls a :class:`Guard` between steps (and :meth:`StopOnSignal.check` after
+each checkpoint), where stopping leaves nothing half-written. A second Ctrl-C raises
+``KeyboardInterrupt`` at once, for a loop that does not come back.
 """
 from __future__ import annotations
 
 import signal
+import sys
 import threading
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
+
+from .study import Run
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -49,3 +53,26 @@ class StopOnSignal:
         """Raise :class:`Interrupted` if a signal came since training started."""
         if self.signum is not None:
             raise Interrupted(self.signum)
+
+
+class NonFiniteError(Exception):
+    """Training produced a NaN or Inf (found by the non-finite sentinel, ``monitor["nonfinite"]``)."""
+
+
+class Guard:
+    """Called between steps: stop on SIGINT/SIGTERM, and on the first NaN/Inf unless ``keep_going``
+    (then warn once on stderr and train on)."""
+
+    def __init__(self, runs: List[Run], stop: StopOnSignal, keep_going: bool) -> None:
+        self.runs, self.stop, self.keep_going, self.warned = runs, stop, keep_going, False
+
+    def __call__(self) -> None:
+        self.stop.check()
+        for r in self.runs:
+            sentinel = r.monitor["nonfinite"]
+            if sentinel.tripped and not self.warned:
+                where = f"{sentinel.event.describe()}{' (variant ' + r.label + ')' if r.label else ''}"
+                if not self.keep_going:
+                    raise NonFiniteError(where)
+                self.warned = True
+                print(f"train.py: warning: {where}; --keep-going: training on", file=sys.stderr)
