@@ -63,7 +63,11 @@ def train_epoch(runs: List[Run], task: Task, loss_fn, split: Split, batch_size: 
             correct[i] += task.count_correct(output.detach(), target)
         seen, units = seen + len(x), units + task.units(target)
         progress.update()
-        after_step()
+        try:
+            after_step()
+        except BaseException:
+            progress.close()  # end a redrawn bar's line before the message
+            raise
         if progress.done >= steps:
             break
     progress.close()
