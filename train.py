@@ -13,18 +13,23 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import sys
 import time
-from typing import Dict, List, Optional
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
 
 import torch
 
 import models
+from experiments import checkpoint
 from experiments.batches import batches, num_batches
+from experiments.checkpoint import ResumeError
 from experiments.distributed import Context, NullSink, setup, teardown
 from experiments.mnist import DataError, Split, load_mnist
 from experiments.progress import Progress
 from experiments.rundir import RunDirError, new_run_dir, write_json
+from experiments.stopping import Guard, Interrupted, NonFiniteError, StopOnSignal
 from experiments.study import Run, study_for
 from models.keras_weights import KerasWeightsError
 from experiments.tasks import TASKS, Task
@@ -37,10 +42,11 @@ from probes.records import HostScalar
 
 def train_epoch(runs: List[Run], task: Task, loss_fn, split: Split, batch_size: int, generator: torch.Generator,
                 device: torch.device, max_steps: Optional[int], label: str,
-                ctx: Optional[Context] = None) -> List[tuple]:
+                ctx: Optional[Context] = None, after_step: Callable[[], None] = lambda: None) -> List[tuple]:
     """One pass over ``split``, every run stepping on the same batches; (mean loss, accuracy) per run.
 
     With several processes each rank trains on its slice of every batch (experiments/distributed.py).
+    ``after_step`` runs between steps: it may raise to stop (signal, NaN/Inf).
     """
     ctx = ctx or Context(device=device)
     for run in runs:
@@ -56,6 +62,7 @@ def train_epoch(runs: List[Run], task: Task, loss_fn, split: Split, batch_size: 
             run.optimizer.zero_grad(set_to_none=True)
             output = (run.net or run.model)(x)
             loss = loss_fn(output, target).mean()  # Keras: mean over examples (and pixels)
+            run.monitor["nonfinite"].check_loss(loss)
             objective = ctx.rank_loss(loss, len(x), len(images))  # `loss` itself on one process
             objective.backward()
             run.optimizer.step()
@@ -64,6 +71,11 @@ def train_epoch(runs: List[Run], task: Task, loss_fn, split: Split, batch_size: 
             correct[i] += task.count_correct(output.detach(), target)
         seen, units = seen + len(x), units + task.units(target)
         progress.update()
+        try:
+            after_step()
+        except BaseException:
+            progress.close()  # end a redrawn bar's line before the message
+            raise
         if progress.done >= steps:
             break
     progress.close()
@@ -103,9 +115,28 @@ def positive_int(text: str) -> int:
     return value
 
 
+def nonnegative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = _Parser(prog="train.py", description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True, choices=sorted(models.MODELS), help="which port to train")
+    p.add_argument("--model", choices=sorted(models.MODELS), help="which port to train (required, except with "
+                   "--resume)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its checkpoint, with the "
+                   "arguments it was started with (default: start a new run)")
+    p.add_argument("--keep-going", action="store_true", help="train on after a NaN/Inf appears, instead of stopping "
+                   "with the last good checkpoint (default: stop)")
     g = p.add_argument_group("training (defaults: the model's original recipe, models/__init__.py RECIPES)")
     g.add_argument("--loss", choices=sorted(LOSSES), help="keras (=keras2): clipped probabilities, as Keras 2; "
                    "logits (=keras3): from logits (default: the original's: keras, deep-*: logits)")
@@ -114,7 +145,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    "dense-mlp 128, scaled-conv 32)")
     g.add_argument("--optimizer", choices=OPTIMIZERS, help="optimizer (default: cnn adadelta, deep-* momentum, "
                    "dense-mlp rmsprop, scaled-conv adam; all as Keras 2 / Theano ran them)")
-    g.add_argument("--lr", type=float, help="learning rate (default: cnn 1.0, deep-* 0.01, dense-mlp 0.001, "
+    g.add_argument("--lr", type=positive_float, help="learning rate (default: cnn 1.0, deep-* 0.01, dense-mlp 0.001, "
                    "scaled-conv 0.001)")
     g.add_argument("--seed", type=int, default=0, help="seed for init, dropout and batch order (default: 0)")
     g = p.add_argument_group("scaled-conv")
@@ -126,9 +157,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     g.add_argument("--test-size", type=positive_int, help="evaluate on the first N test images (default: all "
                    "10000; 1000 with --dry-run)")
     g.add_argument("--log-every", type=positive_int, default=100, help="probe logging interval in steps (default: 100)")
-    g.add_argument("--scan-images", type=int, default=1000, help="cnn: test images in the per-epoch pair scan "
-                   "(default: 1000)")
-    g.add_argument("--scan-norm-images", type=int, default=16,
+    g.add_argument("--scan-images", type=nonnegative_int, default=1000, help="cnn: test images in the per-epoch "
+                   "pair scan (default: 1000)")
+    g.add_argument("--scan-norm-images", type=nonnegative_int, default=16,
                    help="cnn: of those, how many also get per-layer gradient norms (default: 16)")
     g.add_argument("--data-dir", help="MNIST folder (default: $MNIST_DIR, else ./data)")
     g.add_argument("--run-dir", help="where to write logs (default: runs/<model>-<time>, never overwritten)")
@@ -138,6 +169,22 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    help="torch device (default: cuda if available)")
     g.add_argument("--dry-run", action="store_true", help="two steps per epoch and a tiny scan: checks the setup")
     args = p.parse_args(argv)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        p.error(f"argument --device: not a torch device: {args.device!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        p.error(f"argument --device: {args.device} asked for, but torch sees no CUDA device")
+    if args.resume is not None:
+        given = checkpoint.given_options(p, argv)
+        extra = [f"--{dest.replace('_', '-')}" for dest in given if dest not in checkpoint.RESUME_MAY_GIVE]
+        if extra:
+            p.error(f"--resume goes on with the run's own arguments (its args.json); leave out {' '.join(extra)}")
+        if "device" not in given:
+            args.device = None  # the run's own device, not this machine's default
+        return args
+    if args.model is None:
+        p.error("the following arguments are required: --model")
     if args.model != "scaled-conv" and (args.variant is not None or args.compare):
         p.error("--variant and --compare apply to --model scaled-conv only")
     if args.variant is not None and args.compare:
@@ -170,52 +217,99 @@ def keras_initial_state(args: argparse.Namespace) -> Optional[Dict[str, torch.Te
     return models.load_keras_weights(models.build(args.model, **kwargs), args.init_from_keras).state_dict()
 
 
+def resumed_args(args: argparse.Namespace) -> argparse.Namespace:
+    """``--resume DIR``: the run's own arguments, with the few a resume may change."""
+    saved = checkpoint.resume_args(args.resume, args.model)
+    saved.resume, saved.run_dir, saved.keep_going = args.resume, args.resume, args.keep_going
+    for key in ("data_dir", "device"):  # another machine may keep the data elsewhere
+        if getattr(args, key) is not None:
+            setattr(saved, key, getattr(args, key))
+    if torch.device(saved.device).type == "cuda" and not torch.cuda.is_available():
+        raise ResumeError(f"--resume {args.resume}: that run trained on {saved.device} and torch sees no CUDA "
+                          f"device here; add --device cpu (it goes on, though not bit for bit)")
+    return saved
+
+
+def log_epoch(r: Run) -> None:
+    r.sink.write([HostScalar(f"epoch/{k}", r.history[-1]["step"], v) for k, v in r.history[-1].items()
+                  if k not in ("epoch", "step")])
+
+
 def run(args: argparse.Namespace, ctx: Optional[Context] = None) -> Dict:
     ctx = ctx or Context(device=torch.device(args.device))
+    resuming = getattr(args, "resume", None) is not None
     data = load_mnist(args.data_dir)
     train_split, test_split = subset(data["train"], args.train_size), subset(data["test"], args.test_size)
+    if args.train_size is not None and args.train_size > len(train_split):
+        raise DataError(f"--train-size {args.train_size} is more than the {len(train_split)} training images")
+    if args.test_size is not None and args.test_size > len(test_split):
+        raise DataError(f"--test-size {args.test_size} is more than the {len(test_split)} test images")
     if args.batch_size > len(train_split):
         raise DataError(f"--batch-size {args.batch_size} is larger than the {len(train_split)} training images")
     ctx.check_batches(len(train_split), args.batch_size)
-    keras_state = keras_initial_state(args)
-    run_dir = new_run_dir(args.model, args.run_dir) if ctx.is_main else None  # only rank 0 writes
-    if ctx.is_main:
-        write_json(run_dir / "args.json", vars(args))
     device = ctx.device
+    if resuming:
+        run_dir = Path(args.resume)
+        saved = checkpoint.load(run_dir, device)  # read and checked before anything is written
+    else:
+        keras_state = keras_initial_state(args)
+        run_dir = new_run_dir(args.model, args.run_dir) if ctx.is_main else None  # only rank 0 writes
+        if ctx.is_main:
+            write_json(run_dir / "args.json", {k: v for k, v in vars(args).items() if k != "resume"})
     torch.manual_seed(args.seed)
     task = TASKS[args.task]
     loss_fn = LOSSES[args.loss][task.loss_kind]
     study = study_for(args, train_split, test_split, device)
-    sink = TensorBoardSink(str(run_dir)) if ctx.is_main else NullSink()
+    # A resume redoes the steps after the checkpoint: TensorBoard hides what was logged there before.
+    sink = TensorBoardSink(str(run_dir), purge_step=saved["step"] if resuming else None) if ctx.is_main else NullSink()
     runs = study.make_runs(sink)
-    if keras_state is not None:
+    if not resuming and keras_state is not None:
         runs[0].model.load_state_dict(keras_state)
     for r in runs:
         r.net = ctx.wrap(r.model)  # several processes: DDP, starting every rank from rank 0's weights
     ctx.seed_dropout(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
-    print(f"run directory: {run_dir}")
-    start = time.time()
+    print(f"run directory: {run_dir}", flush=True)
+    start, done, kept_step = time.time(), 0, 0  # the last checkpoint: after epoch `done`, at step `kept_step`
     try:
-        with contextlib.ExitStack() as attached:
+        with contextlib.ExitStack() as attached, StopOnSignal() as stop:
             for r in runs:
                 attached.enter_context(r.monitor.attach(r.model))
-            for epoch in range(1, args.epochs + 1):
+            if resuming:
+                checkpoint.restore_training(saved, runs)
+                done, kept_step = saved["epoch"], saved["step"]
+                if done:  # its epoch-end records sit at the purge step: log them again
+                    with torch.random.fork_rng(devices=[]):
+                        for r in runs:
+                            log_epoch(r)
+                        study.after_epoch(runs, saved["step"], sink)
+                checkpoint.restore_streams(saved, runs, generator)
+                print(f"resumed from {run_dir / checkpoint.CHECKPOINT}: after epoch {done}, step {saved['step']}",
+                      flush=True)
+            elif ctx.is_main:
+                checkpoint.save(run_dir, runs, 0, generator)
+            guard = Guard(runs, stop, args.keep_going)
+            for epoch in range(done + 1, args.epochs + 1):
                 results = train_epoch(runs, task, loss_fn, train_split, args.batch_size, generator, device,
-                                      2 if args.dry_run else None, f"epoch {epoch}/{args.epochs}", ctx)
+                                      2 if args.dry_run else None, f"epoch {epoch}/{args.epochs}", ctx, guard)
                 step = runs[0].monitor.global_step
                 for r, (train_loss, train_acc) in zip(runs, results):
                     ctx.sync_buffers(r.model)  # every rank evaluates (and scans) rank 0's model
                     test_loss, test_acc = evaluate(r.model, task, loss_fn, test_split, args.batch_size, device, ctx)
                     r.history.append(dict(epoch=epoch, step=step, train_loss=train_loss, train_accuracy=train_acc,
                                           test_loss=test_loss, test_accuracy=test_acc))
-                    r.sink.write([HostScalar(f"epoch/{k}", step, v) for k, v in r.history[-1].items()
-                                  if k not in ("epoch", "step")])
+                    log_epoch(r)
                     print(f"epoch {epoch}{' variant ' + r.label if r.label else ''}: train loss {train_loss:.4f} "
-                          f"acc {train_acc:.4f} | test loss {test_loss:.4f} acc {test_acc:.4f}")
+                          f"acc {train_acc:.4f} | test loss {test_loss:.4f} acc {test_acc:.4f}", flush=True)
                 note = study.after_epoch(runs, step, sink)
                 if note:
-                    print(f"epoch {epoch}: {note}")
+                    print(f"epoch {epoch}: {note}", flush=True)
+                for r in runs:
+                    r.monitor.flush()
+                if ctx.is_main:
+                    checkpoint.save(run_dir, runs, epoch, generator)
+                done, kept_step = epoch, step
+                stop.check()
         for r in runs:
             reduce_state(r.monitor.probes)  # several processes: e.g. dead inputs over every rank's data
         if not ctx.is_main:
@@ -227,8 +321,25 @@ def run(args: argparse.Namespace, ctx: Optional[Context] = None) -> Dict:
             summary.update(test_accuracy=runs[0].history[-1]["test_accuracy"],
                            test_loss=runs[0].history[-1]["test_loss"], history=runs[0].history)
         summary.update(facts, summary_text=sentence)
+        nonfinite = {r.label or "model": r.monitor["nonfinite"].summary() for r in runs
+                     if r.monitor["nonfinite"].tripped}
+        if nonfinite:
+            summary["nonfinite"] = nonfinite
+        if resuming:
+            summary["resumed_after_epoch"] = saved["epoch"]
         write_json(run_dir / "summary.json", summary)
         sink.text("summary", sentence, summary["steps"])
+    except (Interrupted, NonFiniteError) as exc:
+        kept = (f"kept {run_dir / checkpoint.CHECKPOINT} from the end of epoch {done}" if done else
+                f"kept {run_dir / checkpoint.CHECKPOINT} from before the first step")
+        at = runs[0].monitor.global_step
+        if isinstance(exc, Interrupted):
+            steps = f"step {kept_step}" if at == kept_step + 1 else f"steps {kept_step}-{at - 1}"
+            redo = f" (at step {kept_step}: {steps} will be redone)" if at > kept_step else ""
+            raise Interrupted(exc.signum, f"{exc} at step {at}; {kept}{redo}; go on with: "
+                              f"python train.py --resume {run_dir}") from None
+        raise NonFiniteError(f"stopped: {exc}; {kept}, the last good one (to train on regardless: "
+                             f"python train.py --resume {run_dir} --keep-going)") from None
     finally:
         for r in runs:
             r.monitor.flush()
@@ -242,10 +353,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     ctx = setup(args.device)  # torchrun: join the process group; else one process
     try:
-        run(args, ctx)
-    except (DataError, RunDirError, KerasWeightsError) as exc:
+        run(resumed_args(args) if args.resume else args, ctx)
+    except (DataError, RunDirError, KerasWeightsError, ResumeError, NonFiniteError) as exc:
         print(f"train.py: error: {exc}", file=sys.stderr)
         return 1
+    except Interrupted as exc:
+        print(f"train.py: {exc}", file=sys.stderr)
+        return exc.status
     except KeyboardInterrupt:
         print("train.py: interrupted; what was logged so far is kept", file=sys.stderr)
         return 130

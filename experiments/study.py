@@ -17,7 +17,7 @@ from torch import nn
 
 import models
 from models.optimizers import build_optimizer
-from probes import ActivationStats, GradientStats, MemorySink, Monitor, Prefixed, Probe, Tee
+from probes import ActivationStats, GradientStats, MemorySink, Monitor, NonFiniteSentinel, Prefixed, Probe, Tee
 
 from .mnist import Split
 
@@ -41,11 +41,13 @@ class Run:
 
 
 def make_run(label: str, model: nn.Module, args: argparse.Namespace, sink: Any, extra: List[Probe]) -> Run:
-    """A run of ``model`` with the optimizer of ``args`` and the common probes plus ``extra``."""
+    """A run of ``model`` with the optimizer of ``args`` and the common probes plus ``extra``;
+    last, the non-finite sentinel (``monitor["nonfinite"]``), which train.py stops on."""
     optimizer = build_optimizer(args.optimizer, model.parameters(), args.lr)
     memory = MemorySink(histograms=False)
     run_sink = Tee(Prefixed(sink, f"variant{label}/" if label else ""), memory)
-    monitor = Monitor([ActivationStats(), GradientStats(), *extra], sink=run_sink, every=args.log_every)
+    monitor = Monitor([ActivationStats(), GradientStats(), *extra, NonFiniteSentinel()], sink=run_sink,
+                      every=args.log_every)
     return Run(label, model, optimizer, monitor, run_sink, memory)
 
 

@@ -148,6 +148,16 @@ class Probe:
         """End-of-run facts in plain Python types (for summary.json and the diagnosis)."""
         return {}
 
+    # -- checkpoints -----------------------------------------------------------------
+    def state_dict(self) -> Dict[str, Any]:
+        """What a resumed run needs to go on measuring exactly as if never stopped: tensors
+        and plain Python values only (``torch.load(weights_only=True)`` reads it back).
+        Probes that keep nothing between steps keep the default, ``{}``."""
+        return {}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output; call it after :meth:`attach` (attach resets state)."""
+
 
 def leaf_modules(model: nn.Module) -> Iterator[tuple]:
     """(name, module) of modules with no children: the layers whose outputs we measure."""

@@ -63,6 +63,14 @@ class DeadInputs(Probe):
             self.seen_nonzero |= nonzero
         self.examples += flat.shape[0]  # a shape, known on the host: no sync
 
+    def state_dict(self) -> Dict[str, Any]:
+        return {"seen_nonzero": self.seen_nonzero, "examples": self.examples, "skipped": self.skipped}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        seen = state["seen_nonzero"]
+        self.seen_nonzero = None if seen is None else seen.clone()
+        self.examples, self.skipped = state["examples"], state["skipped"]
+
     def always_zero(self) -> Optional[torch.Tensor]:
         """Flat indices of the features that were zero in every example seen so far."""
         if self.seen_nonzero is None:

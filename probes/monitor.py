@@ -146,5 +146,21 @@ class Monitor:
                 self.sink.write(host)
             self.sink.flush()
 
+    def state_dict(self) -> Dict[str, Any]:
+        """The step counter, the losses not yet logged and every probe's state, for a checkpoint."""
+        return {"global_step": self.global_step, "losses": list(self._losses),
+                "probes": {p.name: p.state_dict() for p in self.probes}}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Go on from a checkpoint: call it after :meth:`attach` (attach resets the probes)."""
+        if set(state["probes"]) != {p.name for p in self.probes}:
+            raise ValueError(f"the checkpoint has probes {sorted(state['probes'])}, "
+                             f"this monitor {sorted(p.name for p in self.probes)}")
+        self.global_step, self._losses = state["global_step"], list(state["losses"])
+        for probe in self.probes:
+            probe.load_state_dict(state["probes"][probe.name])
+        if self.model is not None:
+            self._start(self.global_step)
+
     def summary(self) -> Dict[str, Any]:
         return {p.name: p.summary() for p in self.probes if p.summary()}

@@ -63,9 +63,11 @@ class TensorBoardSink:
     """
 
     def __init__(self, log_dir: Optional[str] = None, flush_secs: int = 30, writer: Any = None,
-                 max_queue: int = 1000) -> None:
+                 max_queue: int = 1000, purge_step: Optional[int] = None) -> None:
         """Write to ``log_dir``, or through an existing ``SummaryWriter`` (e.g. Lightning's
-        ``TensorBoardLogger.experiment``), which is then left open on :meth:`close`."""
+        ``TensorBoardLogger.experiment``), which is then left open on :meth:`close`.
+        ``purge_step``: a resumed run's first step; TensorBoard then hides whatever an earlier
+        writer logged at this step or later (steps after the checkpoint, which are redone)."""
         self._owns_writer = writer is None
         if writer is None:
             if log_dir is None:
@@ -77,7 +79,8 @@ class TensorBoardSink:
             # A logging step writes ~100 events; with SummaryWriter's default queue of 10 the
             # training thread waits for the writer thread on each of them (measured: 14 ms a
             # logging step of the cnn). A deeper queue lets the writer drain during the next step.
-            writer = SummaryWriter(log_dir=log_dir, flush_secs=flush_secs, max_queue=max_queue)
+            writer = SummaryWriter(log_dir=log_dir, flush_secs=flush_secs, max_queue=max_queue,
+                                   purge_step=purge_step)
         self.log_dir = writer.log_dir if log_dir is None else log_dir
         self.writer = writer
 

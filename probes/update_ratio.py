@@ -87,6 +87,19 @@ class UpdateRatio(Probe):
         records, self._records = self._records, []
         return records
 
+    def state_dict(self) -> Dict[str, Any]:
+        return {"layers": list(self.layers), "previous": list(self._previous), "total": self._total,
+                "steps": self._steps, "grad_norm": dict(self._grad_norm), "records": list(self._records)}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        if list(state["layers"]) != self.layers:
+            raise ValueError(f"UpdateRatio: the saved state is for layers {state['layers']}, not {self.layers}")
+        for previous, saved in zip(self._previous, state["previous"]):
+            previous.copy_(saved)
+        self._total.copy_(state["total"])
+        self._steps, self._grad_norm, self._records = state["steps"], dict(state["grad_norm"]), list(state["records"])
+
     def summary(self) -> Dict[str, Any]:
         if not self._steps:
             return {}

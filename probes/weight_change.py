@@ -14,6 +14,11 @@ from .base import Probe, weight_matrices
 from .records import Record, Scalar
 
 
+def _check_layers(probe: Probe, saved: List[str]) -> None:
+    if list(saved) != list(probe.layers):
+        raise ValueError(f"{type(probe).__name__}: the saved state is for layers {saved}, not {probe.layers}")
+
+
 class WeightChange(Probe):
     """After every optimizer step, mean |W_t - W_{t-1}| of each weight matrix (``dim >= 2``).
 
@@ -63,6 +68,18 @@ class WeightChange(Probe):
                    for s, values in self._pending for i, layer in enumerate(self.layers)]
         self._pending = []
         return records
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"layers": list(self.layers), "previous": list(self._previous), "total": self._total,
+                "steps": self._steps, "pending": list(self._pending)}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        _check_layers(self, state["layers"])
+        for previous, saved in zip(self._previous, state["previous"]):
+            previous.copy_(saved)
+        self._total.copy_(state["total"])
+        self._steps, self._pending = state["steps"], list(state["pending"])
 
     def summary(self) -> Dict[str, Any]:
         if not self._steps:
