@@ -351,9 +351,12 @@ def run(args: argparse.Namespace, ctx: Optional[Context] = None) -> Dict:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    ctx = setup(args.device)  # torchrun: join the process group; else one process
+    ctx = None
     try:
-        run(resumed_args(args) if args.resume else args, ctx)
+        if args.resume:
+            args = resumed_args(args)
+        ctx = setup(args.device)  # torchrun: join the process group; else one process
+        run(args, ctx)
     except (DataError, RunDirError, KerasWeightsError, ResumeError, NonFiniteError) as exc:
         print(f"train.py: error: {exc}", file=sys.stderr)
         return 1
@@ -364,7 +367,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("train.py: interrupted; what was logged so far is kept", file=sys.stderr)
         return 130
     finally:
-        teardown(ctx)
+        if ctx is not None:
+            teardown(ctx)
     return 0
 
 
