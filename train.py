@@ -20,6 +20,7 @@ import torch
 
 import models
 from experiments.batches import batches, num_batches
+from experiments.findings import as_json, as_text, findings_for
 from experiments.mnist import DataError, Split, load_mnist
 from experiments.progress import Progress
 from experiments.rundir import RunDirError, new_run_dir, write_json
@@ -201,13 +202,17 @@ def run(args: argparse.Namespace) -> Dict:
             summary.update(test_accuracy=runs[0].history[-1]["test_accuracy"],
                            test_loss=runs[0].history[-1]["test_loss"], history=runs[0].history)
         summary.update(facts, summary_text=sentence)
+        findings = findings_for(runs, facts)  # the diagnosis (probes/diagnosis.py)
+        summary["findings"] = as_json(findings)
         write_json(run_dir / "summary.json", summary)
         sink.text("summary", sentence, summary["steps"])
+        sink.text("findings", as_text(findings).replace("\n", "  \n"), summary["steps"])  # markdown line breaks
     finally:
         for r in runs:
             r.monitor.flush()
         sink.close()
     print(f"summary: {sentence}")
+    print(as_text(findings))
     print(f"written: {run_dir / 'summary.json'}; view with: tensorboard --logdir {run_dir}")
     return summary
 
