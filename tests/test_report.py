@@ -34,7 +34,8 @@ def test_report_quick_says_reproduced_for_all_four(quick):
     proc, out, summaries = quick
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = (out / "REPORT.md").read_text()
-    rows = [line for line in report.splitlines() if line.startswith("| ") and "phenomenon" not in line]
+    rows = [line for line in report.splitlines()
+            if line.startswith("| ") and "phenomenon" not in line and "---" not in line]
     assert len(rows) == 4 and all(row.endswith("| yes |") for row in rows), rows
     for png in ("deep-sigmoid-weight_change.png", "dense-mlp-frozen_inputs.png", "scaled-conv-loss_by_variant.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({png})" in report
