@@ -30,7 +30,7 @@ AUTOTRAINER_VANISH_RATIO = 1e-3
 AUTOTRAINER_VANISH_FIRST_NORM = 1e-4
 # Ours: a first-to-last gradient-norm ratio below 0.1 (one order of magnitude) is already a
 # vanishing gradient worth a warning. Measured (median over logged steps, whole-matrix norms):
-# deep-sigmoid 0.011 after 20 steps and 0.057 after 600 (its default), deep-relu 1.3 after 20;
+# deep-sigmoid 0.011 after 20 steps and 0.057 after 600 (its default), deep-relu 1.3 and 2.8;
 # AUTOTRAINER's 1e-3 misses deep-sigmoid.
 VANISH_GRAD_RATIO = 0.1
 # Ours, for runs with WeightChange but no gradient norms: mean |dW| first/last below 0.05.
