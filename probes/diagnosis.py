@@ -43,7 +43,8 @@ DEAD_RELU_WARN_FRACTION = 0.1
 # SATURATION_TOL), median over logged steps. Measured: 0.0 on deep-sigmoid and scaled-conv.
 SATURATION_WARN_FRACTION = 0.5
 # Ours: the total gradient norm growing 100x (two orders of magnitude) above its first
-# logged value. Measured on the four models' runs: it stays within 0.1x-10x.
+# logged value. Measured (largest later total norm / first): cnn 0.14 (896 steps), deep-sigmoid
+# 0.32, deep-relu 2.1 (600 steps), dense-mlp 2.4 (469), scaled-conv 0.35 and 0.65 (200).
 EXPLODING_GROWTH = 100.0
 # Ours: ||update||/||weight|| of two layers (or of one layer in two parameterisations of the
 # same function) apart by 10x or more. Measured on scaled-conv after 15 steps: variant 1's
