@@ -26,6 +26,7 @@ from experiments import checkpoint
 from experiments.batches import batches, num_batches
 from experiments.checkpoint import ResumeError
 from experiments.distributed import Context, NullSink, setup, teardown
+from experiments.findings import as_json, as_text, findings_for
 from experiments.mnist import DataError, Split, load_mnist
 from experiments.progress import Progress
 from experiments.rundir import RunDirError, new_run_dir, write_json
@@ -327,8 +328,11 @@ def run(args: argparse.Namespace, ctx: Optional[Context] = None) -> Dict:
             summary["nonfinite"] = nonfinite
         if resuming:
             summary["resumed_after_epoch"] = saved["epoch"]
+        findings = findings_for(runs, facts)  # the diagnosis (probes/diagnosis.py)
+        summary["findings"] = as_json(findings)
         write_json(run_dir / "summary.json", summary)
         sink.text("summary", sentence, summary["steps"])
+        sink.text("findings", as_text(findings).replace("\n", "  \n"), summary["steps"])  # markdown line breaks
     except (Interrupted, NonFiniteError) as exc:
         kept = (f"kept {run_dir / checkpoint.CHECKPOINT} from the end of epoch {done}" if done else
                 f"kept {run_dir / checkpoint.CHECKPOINT} from before the first step")
@@ -345,6 +349,7 @@ def run(args: argparse.Namespace, ctx: Optional[Context] = None) -> Dict:
             r.monitor.flush()
         sink.close()
     print(f"summary: {sentence}")
+    print(as_text(findings))
     print(f"written: {run_dir / 'summary.json'}; view with: tensorboard --logdir {run_dir}")
     return summary
 

@@ -17,7 +17,8 @@ from torch import nn
 
 import models
 from models.optimizers import build_optimizer
-from probes import ActivationStats, GradientStats, MemorySink, Monitor, NonFiniteSentinel, Prefixed, Probe, Tee
+from probes import (ActivationStats, DeadUnits, GradientStats, MemorySink, Monitor, NonFiniteSentinel, Prefixed,
+                    Probe, Tee)
 
 from .mnist import Split
 
@@ -46,7 +47,7 @@ def make_run(label: str, model: nn.Module, args: argparse.Namespace, sink: Any, 
     optimizer = build_optimizer(args.optimizer, model.parameters(), args.lr)
     memory = MemorySink(histograms=False)
     run_sink = Tee(Prefixed(sink, f"variant{label}/" if label else ""), memory)
-    monitor = Monitor([ActivationStats(), GradientStats(), *extra, NonFiniteSentinel()], sink=run_sink,
+    monitor = Monitor([ActivationStats(), GradientStats(), DeadUnits(), *extra, NonFiniteSentinel()], sink=run_sink,
                       every=args.log_every)
     return Run(label, model, optimizer, monitor, run_sink, memory)
 

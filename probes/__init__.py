@@ -7,6 +7,8 @@ from .activations import ActivationStats
 from .api import PROBES, make_probes, watch
 from .base import Probe, ProbeError, suspended
 from .dead_input import DeadInputs
+from .dead_units import DeadUnits
+from .diagnosis import Finding, compare_update_ratios, diagnose
 from .frozen import FrozenWeights
 from .gradients import GradientStats
 from .monitor import Monitor
@@ -20,6 +22,8 @@ from .weight_change import WeightChange
 __all__ = [
     "ActivationStats",
     "DeadInputs",
+    "DeadUnits",
+    "Finding",
     "FrozenWeights",
     "GradientStats",
     "MemorySink",
@@ -36,6 +40,8 @@ __all__ = [
     "TensorBoardSink",
     "UpdateRatio",
     "WeightChange",
+    "compare_update_ratios",
+    "diagnose",
     "every",
     "make_probes",
     "pair_scan",

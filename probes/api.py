@@ -9,6 +9,7 @@ from torch import nn
 from .activations import ActivationStats
 from .base import Probe
 from .dead_input import DeadInputs
+from .dead_units import DeadUnits
 from .frozen import FrozenWeights
 from .gradients import GradientStats
 from .monitor import Monitor
@@ -27,6 +28,7 @@ PROBES: Dict[str, type] = {
     "update_ratio": UpdateRatio,
     "frozen": FrozenWeights,
     "dead_inputs": DeadInputs,
+    "dead_units": DeadUnits,
 }
 
 

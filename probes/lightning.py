@@ -6,7 +6,7 @@ Optional: importing this module needs Lightning (``pip install "gradient-probes[
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Optional, Union
+from typing import Any, Iterable, List, Optional, Union
 
 try:
     from lightning.pytorch import Callback
@@ -22,9 +22,10 @@ import torch
 
 from .api import make_probes
 from .base import Probe
+from .diagnosis import Finding, diagnose, report
 from .monitor import Monitor
 from .schedule import Schedule
-from .sinks import MemorySink, TensorBoardSink
+from .sinks import MemorySink, Tee, TensorBoardSink
 
 
 class ProbeCallback(Callback):
@@ -42,6 +43,8 @@ class ProbeCallback(Callback):
         self.every = every
         self.print_summary = print_summary
         self.monitor: Optional[Monitor] = None
+        self.memory = MemorySink(histograms=False)  # the scalars the diagnosis reads
+        self._module: Any = None
 
     def _sink(self, trainer: Any) -> Any:
         if not trainer.is_global_zero:
@@ -52,7 +55,11 @@ class ProbeCallback(Callback):
         return MemorySink()
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
-        self.monitor = Monitor(make_probes(self.probe_choice), sink=self._sink(trainer), every=self.every)
+        self.memory = MemorySink(histograms=False)
+        sink = self._sink(trainer)
+        sink = self.memory if sink is None else Tee(sink, self.memory)
+        self.monitor = Monitor(make_probes(self.probe_choice), sink=sink, every=self.every)
+        self._module = pl_module
         self.monitor.attach(pl_module)
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -75,9 +82,16 @@ class ProbeCallback(Callback):
         finally:
             self.monitor.detach()
 
+    def findings(self) -> List[Finding]:
+        """The diagnosis of what the probes measured (:func:`probes.diagnosis.diagnose`)."""
+        if self.monitor is None:
+            return []
+        return diagnose(self.monitor.summary(), scalars=self.memory.scalars, model=self._module)
+
     def report(self) -> str:
-        """What the probes found, in words (the diagnosis once rules exist for it)."""
-        summary = self.monitor.summary() if self.monitor else {}
-        if not summary:
-            return f"probes: {self.monitor.global_step} steps measured; nothing abnormal to report"
-        return "probes: " + "; ".join(f"{name}: {facts}" for name, facts in summary.items())
+        """What the probes found, in words: the diagnosis, worst finding first."""
+        steps = self.monitor.global_step if self.monitor else 0
+        findings = self.findings()
+        if not findings:
+            return f"probes: {steps} steps measured; diagnosis: nothing abnormal found"
+        return f"probes: {steps} steps measured; " + report(findings)

@@ -76,3 +76,9 @@ def test_lightning_callback_with_a_real_trainer(mnist, tmp_path):
     assert [e.step for e in events.Scalars("grad_norm/net.1.weight")] == [0, 3, 6]
     assert "activations/net.2" in events.Tags()["histograms"]
     assert callback.monitor.model is None  # detached at the end of fit
+    # the report is the diagnosis: MNIST's border pixels are 0 in all 256 images, so their
+    # first-layer weights never moved, and that is not called a dead ReLU
+    found = {f.id: f for f in callback.findings()}
+    assert found["frozen-by-dead-input"].evidence["relation"] == "equal"
+    assert "frozen-by-dead-input" in callback.report()
+    assert all(f.severity == "info" for f in found.values() if f.id == "dead-relu")

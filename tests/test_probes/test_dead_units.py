@@ -1,0 +1,40 @@
+"""DeadUnits against a hand computation: units forced dead by a large negative bias."""
+import torch
+from torch import nn
+
+from probes import DeadUnits, suspended
+
+
+def test_dead_units_are_exactly_those_never_positive():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 6), nn.ReLU(), nn.Linear(6, 2))
+    with torch.no_grad():
+        model[0].weight.abs_()  # every unit fires on positive inputs...
+        model[0].bias[[1, 4]] = -100.0  # ...but these two, never on inputs in [0, 1)
+    probe = DeadUnits().attach(model)
+    xs = [torch.rand(8, 5) for _ in range(3)]
+    for x in xs:
+        model(x).sum().backward()
+    with torch.no_grad():  # evaluation is not counted
+        model(torch.full((4, 5), 1000.0))
+    with suspended():
+        model(torch.full((4, 5), 1000.0)).sum()
+    probe.detach()
+    by_hand = (torch.relu(model[0](torch.cat(xs))) != 0).any(0)
+    layer = probe.summary()["layers"]["1"]
+    assert layer["dead_units"] == torch.nonzero(~by_hand).flatten().tolist() == [1, 4]
+    assert (layer["units"], layer["dead"], layer["examples"]) == (6, 2, 24)
+
+
+def test_a_conv_channel_is_dead_only_if_zero_everywhere():
+    conv = nn.Conv2d(1, 3, 3, padding=1)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.bias.copy_(torch.tensor([-1.0, 1.0, 0.0]))
+        conv.weight[2, 0, 1, 1] = 1.0  # channel 2 fires only where the pixel is positive
+    model = nn.Sequential(conv, nn.ReLU(inplace=True))
+    x = torch.zeros(2, 1, 4, 4)
+    x[1, 0, 3, 3] = 0.5
+    with DeadUnits().attach(model) as probe:
+        model(x.requires_grad_())
+    assert probe.summary()["layers"]["1"]["dead_units"] == [0]
