@@ -63,7 +63,9 @@ def train_epoch(runs: List[Run], task: Task, loss_fn, split: Split, batch_size: 
             run.optimizer.zero_grad(set_to_none=True)
             output = (run.net or run.model)(x)
             loss = loss_fn(output, target).mean()  # Keras: mean over examples (and pixels)
-            run.monitor["nonfinite"].check_loss(loss)
+            sentinel = run.monitor.get("nonfinite")
+            if sentinel is not None:  # train.py's runs have one; a caller's monitor may not
+                sentinel.check_loss(loss)
             objective = ctx.rank_loss(loss, len(x), len(images))  # `loss` itself on one process
             objective.backward()
             run.optimizer.step()

@@ -761,7 +761,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    from report import write_report  # bench/report.py
+    from results_report import write_report  # bench/results_report.py (not the top-level report.py)
 
     (out / "RESULTS.md").write_text(write_report(results))
     print(table(results))

@@ -44,6 +44,10 @@ class Monitor:
         self.close_sink = close_sink
         self.model: Optional[nn.Module] = None
 
+    def get(self, name: str, default: Optional[Probe] = None) -> Optional[Probe]:
+        """The probe called ``name``, or ``default`` when this monitor has none."""
+        return next((p for p in self.probes if p.name == name), default)
+
     def __getitem__(self, name: str) -> Probe:
         for probe in self.probes:
             if probe.name == name:

@@ -182,7 +182,7 @@ def goal_unmet(r: Dict, key: str) -> bool:
     return r["goals"][key]["met"] is False
 
 
-if __name__ == "__main__":  # rewrite RESULTS.md from a results.json: python bench/report.py bench/results.json
+if __name__ == "__main__":  # rewrite RESULTS.md from a results.json: python bench/results_report.py bench/results.json
     import json
     import sys
     from pathlib import Path
