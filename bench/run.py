@@ -41,7 +41,8 @@ from experiments.batches import batches, to_float  # noqa: E402
 from experiments.mnist import load_mnist  # noqa: E402
 from models.losses import keras2_crossentropy  # noqa: E402
 from models.optimizers import build_optimizer  # noqa: E402
-from probes import ActivationStats, GradientStats, MemorySink, Monitor, TensorBoardSink, every, pair_scan  # noqa: E402
+from probes import (ActivationStats, DeadUnits, GradientStats, MemorySink, Monitor, NonFiniteSentinel,  # noqa: E402
+                    TensorBoardSink, every, pair_scan)
 from probes.pair_scan import inference_mode_of, output_gradients, per_pair_layer_norms  # noqa: E402
 
 LOSS = keras2_crossentropy  # the cnn's recipe: Keras 2 categorical cross-entropy
@@ -145,9 +146,11 @@ def train_step(model, optimizer, x, y, monitor: Optional[Monitor] = None):
 
 
 def probed(model, log_dir: str, log_every: int, hist_sample="default") -> Monitor:
-    """train.py's probes (activations and gradients) with a TensorBoard sink."""
+    """train.py's probes (experiments/study.py make_run: activations, gradients, dead units and
+    the non-finite sentinel, which syncs once per step by design) with a TensorBoard sink."""
     kw = {} if hist_sample == "default" else {"hist_sample": hist_sample}
-    monitor = Monitor([ActivationStats(**kw), GradientStats(**kw)], sink=TensorBoardSink(log_dir), every=log_every)
+    monitor = Monitor([ActivationStats(**kw), GradientStats(**kw), DeadUnits(), NonFiniteSentinel()],
+                      sink=TensorBoardSink(log_dir), every=log_every)
     return monitor.attach(model)
 
 
