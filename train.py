@@ -358,12 +358,13 @@ def run(args: argparse.Namespace, ctx: Optional[Context] = None) -> Dict:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    ctx = None
+    ctx, finished = None, False
     try:
         if args.resume:
             args = resumed_args(args)
         ctx = setup(args.device)  # torchrun: join the process group; else one process
         run(args, ctx)
+        finished = True
     except (DataError, RunDirError, KerasWeightsError, ResumeError, NonFiniteError) as exc:
         print(f"train.py: error: {exc}", file=sys.stderr)
         return 1
@@ -375,7 +376,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 130
     finally:
         if ctx is not None:
-            teardown(ctx)
+            teardown(ctx, finished)
     return 0
 
 

@@ -177,9 +177,20 @@ def setup(device: str) -> Context:
     return ctx
 
 
-def teardown(ctx: Context) -> None:
-    if ctx.distributed and dist.is_initialized():
-        dist.destroy_process_group()
+def teardown(ctx: Context, finished: bool = True) -> None:
+    """Leave the process group; after a finished run, only once every rank has finished.
+
+    Without the barrier rank 1 left as soon as its share was done while rank 0 was still
+    writing the summary and plots, and closing gloo's connections under a peer that still
+    held them aborted a rank now and then ("terminate called without an active exception",
+    exit -6, seen once in CI). After a failure there is no barrier: the other ranks may never
+    reach it, and torchrun stops them once this rank exits non-zero.
+    """
+    if not (ctx.distributed and dist.is_initialized()):
+        return
+    if finished:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def pair_scan_all_ranks(ctx: Context, model: nn.Module, images: torch.Tensor, loss_fn, norms_for: int = 0):
