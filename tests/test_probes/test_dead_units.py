@@ -38,3 +38,17 @@ def test_a_conv_channel_is_dead_only_if_zero_everywhere():
     with DeadUnits().attach(model) as probe:
         model(x.requires_grad_())
     assert probe.summary()["layers"]["1"]["dead_units"] == [0]
+
+
+def test_a_sequence_feature_is_its_last_dimension():
+    """(batch, time, features): a feature is dead only if zero at every time step of every example."""
+    lin = nn.Linear(2, 3)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 0.0], [0.0, 1.0]]))
+        lin.bias.zero_()
+    model = nn.Sequential(lin, nn.ReLU6())
+    x = torch.zeros(2, 4, 2)
+    x[1, 3, 1] = 1.0  # feature 2 fires once, at the last step of the second example
+    with DeadUnits().attach(model) as probe:
+        model(x.requires_grad_())
+    assert probe.summary()["layers"]["1"]["dead_units"] == [0, 1]
