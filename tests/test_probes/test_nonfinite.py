@@ -46,3 +46,85 @@ def test_gradient_overflow_is_found_in_the_gradient():
     sentinel = run(net(), 1, poison)
     assert sentinel.event.step == 1
     assert sentinel.event.where in ("loss", "gradient")
+
+
+def bn_dropout_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Dropout(0.5), nn.Linear(8, 2))
+
+
+def test_finding_the_layer_changes_neither_the_random_stream_nor_the_running_statistics():
+    """The sentinel runs the failing forward pass again to name the layer: that replay must leave
+    BatchNorm's running statistics and the RNG (dropout masks) exactly as the training pass left them."""
+    model = bn_dropout_net()
+    sentinel = NonFiniteSentinel()
+    with Monitor([sentinel], every=100).attach(model) as monitor:
+        monitor.step(model(torch.randn(6, 4)).sum())  # step 0 logs (its hooks check every layer); step 1 does not
+        assert not monitor.logging
+        x = torch.randn(6, 4)
+        x[2, 1] = float("inf")  # Linear 0's output becomes non-finite for that example
+        loss = model(x).pow(2).sum()
+        buffers = [b.clone() for b in model.buffers()]
+        rng = torch.get_rng_state()
+        sentinel.check_loss(loss)
+        assert (sentinel.event.step, sentinel.event.where, sentinel.event.name) == (1, "activation", "0")
+        assert torch.equal(torch.get_rng_state(), rng)
+        for a, b in zip(buffers, model.buffers()):  # the running mean is NaN by now: NaN == NaN here
+            torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+        assert model[1].num_batches_tracked == 2
+
+
+def test_a_logging_step_checks_every_layer_in_the_pass_itself():
+    """With hooks armed (every step logs) a layer whose Inf a ReLU hides is still found."""
+    model = net()
+    with torch.no_grad():
+        model[0].bias[3] = -float("inf")  # unit 3 is -inf before the ReLU, 0 after: the loss stays finite
+    sentinel = NonFiniteSentinel()
+    with Monitor([sentinel], every=1).attach(model) as monitor:
+        loss = model(torch.randn(5, 4)).pow(2).sum()
+        sentinel.check_loss(loss)
+        assert not sentinel.tripped  # the loss is finite...
+        loss.backward()
+        monitor.step(loss)
+    assert (sentinel.event.step, sentinel.event.where, sentinel.event.name) == (0, "activation", "0")
+
+
+def test_without_check_loss_the_step_is_still_right_and_the_gradient_is_named():
+    def poison(model, x):
+        with torch.no_grad():
+            model[2].weight[0, 0] = float("nan")
+
+    model = net()
+    sentinel = NonFiniteSentinel()
+    with Monitor([sentinel], every=100).attach(model) as monitor:
+        for step in range(4):
+            if step == 2:
+                poison(model, None)
+            model.zero_grad()
+            loss = model(torch.randn(5, 4)).pow(2).sum()
+            loss.backward()
+            monitor.step(loss)
+    assert (sentinel.event.step, sentinel.event.where) == (2, "gradient")
+
+
+def test_probes_on_or_off_the_same_training():
+    """Between logs the sentinel registers no layer hooks and only reads: same weights with or without it."""
+    def train(with_sentinel):
+        model = bn_dropout_net()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        torch.manual_seed(1)
+        monitor = Monitor([NonFiniteSentinel()], every=3).attach(model) if with_sentinel else None
+        for _ in range(5):
+            opt.zero_grad()
+            loss = model(torch.randn(6, 4)).pow(2).mean()
+            if monitor:
+                monitor["nonfinite"].check_loss(loss)
+            loss.backward()
+            opt.step()
+            if monitor:
+                monitor.step(loss)
+        if monitor:
+            monitor.detach()
+        return [t.clone() for t in model.state_dict().values()]
+
+    assert all(torch.equal(a, b) for a, b in zip(train(True), train(False)))
