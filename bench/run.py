@@ -133,24 +133,60 @@ def fresh_cnn(device: torch.device, channels_last: bool = False):
     return model, build_optimizer(recipe.optimizer, model.parameters(), recipe.lr)
 
 
-def train_step(model, optimizer, x, y, monitor: Optional[Monitor] = None):
-    """One step as train.py takes it (minus data loading): zero_grad, forward, loss, backward, step."""
+def train_step(model, optimizer, x, y, monitor: Optional[Monitor] = None, end_step: bool = True):
+    """One step as train.py takes it (minus data loading): zero_grad, forward, loss, backward, step;
+    ``end_step=False`` leaves ``monitor.step`` to the caller (to time it apart)."""
     optimizer.zero_grad(set_to_none=True)
     logits = model(x)
     loss = LOSS(logits, F.one_hot(y, 10).to(logits.dtype)).mean()
+    sentinel = monitor.get("nonfinite") if monitor is not None else None
+    if sentinel is not None:  # as train.py does: the loss checked before backward
+        sentinel.check_loss(loss)
     loss.backward()
     optimizer.step()
-    if monitor is not None:
+    if monitor is not None and end_step:
         monitor.step(loss)
     return loss
 
 
-def probed(model, log_dir: str, log_every: int, hist_sample="default") -> Monitor:
+class HookClock:
+    """Seconds spent in the probes' hook methods, which run on every step (DeadUnits' forward
+    hooks, the sentinel's hooks and ``check_loss``) or only on logging steps.
+
+    On a CPU hooks run synchronously, so their own time is what they add to a step, measured
+    to microseconds instead of as the difference of two noisy ~0.2 s steps. (On an
+    accelerator they only queue work: there the whole-step comparison is the figure.)
+    """
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def wrap(self, probe) -> None:
+        """Time ``probe``'s hook methods; call before attaching (hooks bind them then)."""
+        for name in dir(type(probe)):
+            if (name.startswith("_on_") and name not in ("_on_attach", "_on_arm", "_on_detach")) or name == "check_loss":
+                setattr(probe, name, self._timed(getattr(probe, name)))
+
+    def _timed(self, fn):
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - start
+        return timed
+
+
+def probed(model, log_dir: str, log_every: int, hist_sample="default", clock: Optional[HookClock] = None) -> Monitor:
     """train.py's probes (experiments/study.py make_run: activations, gradients, dead units and
-    the non-finite sentinel, which syncs once per step by design) with a TensorBoard sink."""
+    the non-finite sentinel, which reads the loss's and the gradients' finiteness to the host
+    every step by design) with a TensorBoard sink."""
     kw = {} if hist_sample == "default" else {"hist_sample": hist_sample}
-    monitor = Monitor([ActivationStats(**kw), GradientStats(**kw), DeadUnits(), NonFiniteSentinel()],
-                      sink=TensorBoardSink(log_dir), every=log_every)
+    probes = [ActivationStats(**kw), GradientStats(**kw), DeadUnits(), NonFiniteSentinel()]
+    if clock is not None:
+        for probe in probes:
+            clock.wrap(probe)
+    monitor = Monitor(probes, sink=TensorBoardSink(log_dir), every=log_every)
     return monitor.attach(model)
 
 
@@ -268,13 +304,14 @@ def probe_overhead(data, device: torch.device, sizes: Sizes, tmp: str, log) -> D
     """cnn training steps without probes, with train.py's probes between logs, and logging
     on every step (sampled and exact bucket counts)."""
     xs = Cycle(fixed_batches(data["train"], sizes.batch, 8, device))
+    clock = HookClock()  # the per-step hooks' own time in the between-logs steps
     runs = {"bare": fresh_cnn(device), "probes_between_logs": fresh_cnn(device),
             "probes_every_step": fresh_cnn(device), "probes_every_step_exact_hist": fresh_cnn(device)}
     monitors = {
         "bare": None,
         # logs at step 0 (warm-up) and then every 10**9 steps: its timed steps are the 99 in 100
         # that do not log at the default interval
-        "probes_between_logs": probed(runs["probes_between_logs"][0], f"{tmp}/between", 10**9),
+        "probes_between_logs": probed(runs["probes_between_logs"][0], f"{tmp}/between", 10**9, clock=clock),
         "probes_every_step": probed(runs["probes_every_step"][0], f"{tmp}/every", 1),
         "probes_every_step_exact_hist": probed(runs["probes_every_step_exact_hist"][0], f"{tmp}/exact", 1, None),
     }
@@ -285,13 +322,16 @@ def probe_overhead(data, device: torch.device, sizes: Sizes, tmp: str, log) -> D
         return lambda: train_step(*runs[name], *xs.next(), monitor=monitors[name])
 
     def between_logs():
-        # the step as the others, with Monitor.step timed apart: between logs it is all
-        # the probes add (their hooks are not registered), microseconds that the
-        # difference of two noisy ~0.3 s steps cannot resolve
-        loss = train_step(*runs["probes_between_logs"], *xs.next())
+        # the step as the others, with what the probes add timed apart: Monitor.step, and the
+        # hooks that run on every step (dead units, the non-finite sentinel; the statistics
+        # probes have none between logs): milliseconds that the difference of two noisy
+        # ~0.2 s steps cannot resolve
+        hooks_before = clock.seconds
+        loss = train_step(*runs["probes_between_logs"], *xs.next(), monitor=monitors["probes_between_logs"],
+                          end_step=False)
         start = time.perf_counter()
         monitors["probes_between_logs"].step(loss)
-        monitor_seconds.append(time.perf_counter() - start)
+        monitor_seconds.append(time.perf_counter() - start + clock.seconds - hooks_before)
 
     fns = {name: step_of(name) for name in runs}
     fns["probes_between_logs"] = between_logs
@@ -312,7 +352,7 @@ def probe_overhead(data, device: torch.device, sizes: Sizes, tmp: str, log) -> D
         per_repeat["exact"].append(m["probes_every_step_exact_hist"] / m["bare"])
         per_repeat["between"].append(m["probes_between_logs"] / m["bare"])
         # at the default interval, per 100 steps: one logging step, and 99 bare steps plus
-        # Monitor.step; and the same with the between-logs steps' measured times
+        # probe time; and the same with the between-logs steps' measured times
         k = DEFAULT_EVERY
         logging_extra = m["probes_every_step"] - m["bare"]
         per_repeat["default"].append(1 + (logging_extra + (k - 1) * monitor_medians[-1]) / (k * m["bare"]))
@@ -326,13 +366,14 @@ def probe_overhead(data, device: torch.device, sizes: Sizes, tmp: str, log) -> D
         "probe_overhead_default": spread(per_repeat["default"]),
         "probe_overhead_every_step": spread(per_repeat["every"]),
         "between_logs_ratio": spread(per_repeat["between"]),
-        "monitor_step_seconds_between_logs": spread(monitor_medians, 6),
+        "probe_seconds_between_logs": spread(monitor_medians, 6),
         "probe_overhead_default_from_whole_steps": spread(per_repeat["default_direct"]),
         "every_step_exact_hist_ratio": spread(per_repeat["exact"]),
         "step_seconds": {name: spread(v) for name, v in medians.items()},
         "batch": sizes.batch,
         "method": (f"{sizes.repeats} repeats x {sizes.overhead_rounds} interleaved steps of each configuration; "
-                   f"default = 1 + (logging step - bare step + 99 x Monitor.step between logs) / (100 x bare step), "
+                   f"default = 1 + (logging step - bare step + 99 x probe time between logs) / (100 x bare step), "
+                   f"where the probe time between logs is Monitor.step plus the per-step hooks' own time, "
                    f"from the medians of each repeat"),
     }
     log(f"probe overhead: default {out['probe_overhead_default']['median']}x, every step "

@@ -52,3 +52,25 @@ def test_a_sequence_feature_is_its_last_dimension():
     with DeadUnits().attach(model) as probe:
         model(x.requires_grad_())
     assert probe.summary()["layers"]["1"]["dead_units"] == [0, 1]
+
+
+def test_under_a_monitor_only_units_not_yet_fired_are_watched_and_late_firing_counts():
+    """After the first steps the hook looks only at units that never fired (all others are known
+    alive); a unit that fires for the first time at a later, non-logging step still counts."""
+    from probes import Monitor
+
+    lin = nn.Linear(3, 3)
+    with torch.no_grad():
+        lin.weight.copy_(torch.eye(3))
+        lin.bias.zero_()
+    model = nn.Sequential(lin, nn.ReLU())
+    probe = DeadUnits()
+    inputs = [torch.tensor([[1.0, -1.0, -1.0]])] * 3 + [torch.tensor([[-1.0, 2.0, -1.0]])]  # unit 1 fires at step 3
+    with Monitor([probe], every=100).attach(model) as monitor:
+        for step, x in enumerate(inputs):
+            model(x.requires_grad_()).sum().backward()
+            monitor.step()
+            if step == 1:
+                assert probe._watch["1"].tolist() == [1, 2]  # unit 0 fired: no longer read
+    layer = probe.summary()["layers"]["1"]
+    assert layer["dead_units"] == [2] and layer["examples"] == 4
