@@ -148,12 +148,14 @@ def write_report(r: Dict) -> str:
             wp = c["with_probes_between_logs"]
             lines.append(f"- torch.compile (bare model): {c['speedup']}x the eager step after {c['compile_seconds']} s "
                          "of compiling (Inductor keeps compiled kernels in an on-disk cache: a first compile on this "
-                         f"machine took ~25 s); outputs agree: {c['outputs_agree']}. With the probes attached, running the "
-                         "eager module on logging steps (their hooks make Dynamo break the graph at every layer and "
-                         "recompile) and the compiled one between logs, where the probes have no hooks: "
-                         f"{wp['speedup']}x the eager step, {wp['recompiled_graphs']} graphs recompiled. Available "
-                         "as `train.py --compile`, not its default: compiling is a large share of a short run, needs "
-                         "a C++ compiler at run time, and draws dropout masks from another generator than eager mode.")
+                         f"machine took ~25 s); outputs agree: {c['outputs_agree']}. With train.py's probes attached, "
+                         "running the eager module on logging steps and the compiled one between logs: "
+                         f"{wp['speedup']}x the eager step, {wp['recompiled_graphs']} graphs compiled after the first. "
+                         "The probes that act on every step (dead units, the non-finite sentinel) are Python hooks "
+                         "that Dynamo traces into the graph, and their changing state (units left to watch, example "
+                         "counts) makes it recompile until it gives up; so train.py does not offer `--compile`: "
+                         "compiling would need those two probes off, and they are what makes a run stop at the step "
+                         "where it broke and name dead units.")
         else:
             lines.append(f"- torch.compile: failed here ({c.get('error')}).")
     else:
