@@ -163,14 +163,17 @@ def reduce_state(probes: List[object], reducers: Optional[dict] = None) -> None:
     """End-of-run state that a probe keeps per rank, combined over ranks in place (collective).
 
     Today: :class:`probes.DeadInputs` (a feature is "always zero" only if it was zero on every
-    rank: OR of the seen-nonzero masks; examples and skipped are summed). Probes of parameters
-    and weights need nothing: DDP keeps those identical on every rank.
+    rank: OR of the seen-nonzero masks; examples and skipped are summed) and
+    :class:`probes.DeadUnits` (a unit is dead only if it never fired on any rank: the same
+    OR per layer, examples summed). Probes of parameters and weights need nothing: DDP keeps
+    those identical on every rank.
     """
     if world_size() == 1:
         return
     from .dead_input import DeadInputs
+    from .dead_units import DeadUnits
 
-    table: dict = {DeadInputs: _reduce_dead_inputs, **(reducers or {})}
+    table: dict = {DeadInputs: _reduce_dead_inputs, DeadUnits: _reduce_dead_units, **(reducers or {})}
     for probe in probes:
         fn: Optional[Callable] = table.get(type(probe))
         if fn is not None:
@@ -187,3 +190,16 @@ def _reduce_dead_inputs(probe) -> None:
     counts = torch.tensor([probe.examples, probe.skipped], dtype=torch.int64, device=mask.device)
     dist.all_reduce(counts)
     probe.examples, probe.skipped = (int(c) for c in counts.tolist())
+
+
+def _reduce_dead_units(probe) -> None:
+    """Every rank ran the same model, so the same ReLU layers (taken in sorted order)."""
+    dist = torch.distributed
+    for name in sorted(probe.seen_nonzero):
+        mask = probe.seen_nonzero[name].to(torch.uint8)
+        dist.all_reduce(mask, op=dist.ReduceOp.MAX)
+        probe.seen_nonzero[name] = mask.bool()
+        count = torch.tensor([probe.examples.get(name, 0)], dtype=torch.int64, device=mask.device)
+        dist.all_reduce(count)
+        probe.examples[name] = int(count)
+    probe._watch = {}

@@ -11,7 +11,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from experiments.distributed import Context, pair_scan_all_ranks, setup, teardown  # noqa: E402
 from models import build  # noqa: E402
 from models.losses import LOSSES  # noqa: E402
-from probes.distributed import reduce_records  # noqa: E402
+from probes import DeadUnits  # noqa: E402
+from probes.distributed import reduce_records, reduce_state  # noqa: E402
 from probes.records import Histogram, Scalar  # noqa: E402
 from probes.stats import histogram, norm, zero_fraction  # noqa: E402
 
@@ -25,6 +26,19 @@ def inputs():
     return model, images, values
 
 
+def relu_net_and_rows():
+    """Unit i of the ReLU fires exactly where column i is positive: rows 0-1 (rank 0's share)
+    fire unit 0, rows 2-3 (rank 1's) unit 1; units 2 and 3 never fire."""
+    net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU())
+    with torch.no_grad():
+        net[0].weight.copy_(torch.eye(4))
+        net[0].bias.zero_()
+    rows = torch.zeros(4, 4)
+    rows[0:2, 0] = 1.0
+    rows[2:4, 1] = 1.0
+    return net, rows
+
+
 def main() -> None:
     ctx: Context = setup("cpu")
     model, images, values = inputs()
@@ -35,10 +49,15 @@ def main() -> None:
                Scalar("output_grad_norm/x", 0, norm(mine)),
                Scalar("grad_norm/w", 0, norm(values))]  # identical on every rank: left alone
     reduced = reduce_records(records)
+    net, rows = relu_net_and_rows()
+    dead = DeadUnits().attach(net)
+    net(ctx.shard(rows))
+    reduce_state([dead])  # dead units: over every rank's examples
     if ctx.is_main:
         torch.save({"logits": scan.logits, "all_zero": scan.all_zero, "norms": scan.layer_norms,
                     "zero_fraction": reduced[0].value, "hist": tuple(reduced[1].hist),
-                    "output_grad_norm": reduced[2].value, "grad_norm": reduced[3].value}, sys.argv[1])
+                    "output_grad_norm": reduced[2].value, "grad_norm": reduced[3].value,
+                    "dead_units": dead.summary()}, sys.argv[1])
     teardown(ctx)
 
 

@@ -140,6 +140,15 @@ def test_sharded_pair_scan_and_reductions_match_one_process(tmp_path):
     counts = got["hist"][-1]
     assert counts.sum() == expected.bucket_counts.sum()
     assert (counts.cumsum(0) - expected.bucket_counts.cumsum(0)).abs().sum() <= expected.num  # <= 1 bucket each
+    # dead units over both ranks' examples: rank 0 alone saw unit 1 as dead too
+    from distributed_worker import relu_net_and_rows
+    from probes import DeadUnits
+
+    net, rows = relu_net_and_rows()
+    with DeadUnits().attach(net) as one:
+        net(rows)
+    assert got["dead_units"] == one.summary() == {
+        "layers": {"1": {"units": 4, "dead": 2, "dead_units": [2, 3], "examples": 4}}}
 
 
 def test_slices_cover_every_example_and_weights_make_the_batch_mean():
