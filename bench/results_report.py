@@ -148,14 +148,7 @@ def write_report(r: Dict) -> str:
             wp = c["with_probes_between_logs"]
             lines.append(f"- torch.compile (bare model): {c['speedup']}x the eager step after {c['compile_seconds']} s "
                          "of compiling (Inductor keeps compiled kernels in an on-disk cache: a first compile on this "
-                         f"machine took ~25 s); outputs agree: {c['outputs_agree']}. With train.py's probes attached, "
-                         "running the eager module on logging steps and the compiled one between logs: "
-                         f"{wp['speedup']}x the eager step, {wp['recompiled_graphs']} graphs compiled after the first. "
-                         "The probes that act on every step (dead units, the non-finite sentinel) are Python hooks "
-                         "that Dynamo traces into the graph, and their changing state (units left to watch, example "
-                         "counts) makes it recompile until it gives up; so train.py does not offer `--compile`: "
-                         "compiling would need those two probes off, and they are what makes a run stop at the step "
-                         "where it broke and name dead units.")
+                         f"machine took ~25 s); outputs agree: {c['outputs_agree']}. " + _compile_with_probes(wp))
         else:
             lines.append(f"- torch.compile: failed here ({c.get('error')}).")
     else:
@@ -181,6 +174,20 @@ def _straddles(r: Dict, key: str) -> bool:
         return False
     value = float(goal.split()[1])
     return r["spread"][key]["min"] <= value <= r["spread"][key]["max"]
+
+
+def _compile_with_probes(wp: Dict) -> str:
+    """What torch.compile did with train.py's probes attached (bench/run.py try_compile)."""
+    if "error" in wp:
+        return f"With train.py's probes attached before compiling it failed: {wp['error']}."
+    return (f"With train.py's probes attached before compiling (logging steps eager, the steps between logs "
+            f"compiled): {wp['speedup']}x the eager bare step, {wp['recompiled_graphs']} graphs compiled, "
+            f"{wp['warmup_seconds']} s to warm up; the per-step hooks ran in the compiled steps: "
+            f"{'yes' if wp['hooks_ran'] else 'NO'}. The probes that act on every step (dead units, the non-finite "
+            "sentinel) are Python hooks that Dynamo traces into the graph; their changing state (units left to "
+            "watch, example counts) makes it recompile, and once it gives up the frame runs eagerly. Hooks attached "
+            "after compiling are not guaranteed to run at all. So train.py does not offer `--compile`: it would need "
+            "those two probes off, and they are what stops a run at the step where it broke and names dead units.")
 
 
 def goal_unmet(r: Dict, key: str) -> bool:
