@@ -288,6 +288,10 @@ def try_compile(xs, device: torch.device, sizes: Sizes, log) -> Dict:
         m3, o3 = fresh_cnn(device)
         monitor = probed(m3, tmp, 10**9)
         train_step(m3, o3, *xs[0], monitor=monitor)  # step 0 logs, eagerly
+        # as in a fresh process (train.py): Dynamo does not guard on hooks by default
+        # (skip_nnmodule_hook_guards), so the bare model's cached graph would be reused and
+        # silently run without them
+        torch._dynamo.reset()
         graphs = counters["stats"]["unique_graphs"]
         compiled3 = torch.compile(m3)
         c3 = Cycle(xs)
