@@ -68,7 +68,7 @@ def write_report(r: Dict) -> str:
         "one logging step in 100 give the "
         f"default-interval figure (from whole steps instead: {_s(po['probe_overhead_default_from_whole_steps'])}). "
         f"When every step logs: {po['probe_overhead_every_step']['median']}x with bucket counts from a "
-        f"65,536-element stratified sample per tensor (the default), {po['every_step_exact_hist_ratio']['median']}x "
+        f"16,384-element stratified sample per tensor (the default), {po['every_step_exact_hist_ratio']['median']}x "
         "counting every element (`hist_sample=None`). A logging step summarises ~70 M elements for the cnn at batch "
         "128 (every layer's output and output gradient, every parameter gradient): sum, min/max, sum of squares and "
         "the exact zero count are vectorised passes (~1 ms per 5 M elements each, memory-bound), but putting each element in "
