@@ -32,9 +32,10 @@ def write_report(r: Dict) -> str:
         f"Python {m['python']}, torch {r['torch']}" + (f"; GPU {m['gpu']}" if "gpu" in m else "; no GPU (CPU only)") + ".",
         f"- Threads: torch default {r['threads_default']}; the run used **{cfg['threads_chosen']}** "
         "(the faster in the thread comparison below).",
-        f"- **The machine was shared** while this ran: other engineers' test suites ran at the same time "
-        f"(1-minute load average {r['load_average_start_end'][0]} at the start, {r['load_average_start_end'][1]} "
-        "at the end, on 2 cores). Absolute times are noisy and "
+        f"- **The machine is shared**: a virtual machine on a host other jobs use, its 2 cores sometimes busy with "
+        f"other test suites (1-minute load average {r['load_average_start_end'][0]} at the start, "
+        f"{r['load_average_start_end'][1]} at the end, the benchmark's own two threads included). Absolute times "
+        "are noisy and "
         "not comparable between runs; every ratio is taken within one repeat of interleaved runs (A B A B, order "
         "rotated each round), so load that comes and goes falls on both sides, and the figures are medians over "
         "repeats with the spread (min-max) beside them.",
@@ -62,14 +63,15 @@ def write_report(r: Dict) -> str:
         f"{po['between_logs_ratio']['median']}, noise: the spread of a whole-step difference); logging step "
         f"{_s(steps['probes_every_step'], ' s')}. Between logs the statistics probes' hooks are not registered at "
         "all (they are added when a logging step starts); what runs on every step is `Monitor.step` and two cheap "
-        "per-step probes: dead units (one max per ReLU output) and the non-finite sentinel (one sum per parameter "
+        "per-step probes: dead units (a max over the units of each ReLU that have not fired yet: none, once all "
+        "have) and the non-finite sentinel (one sum per parameter "
         "gradient, and the loss and those flags read to the host). Their own time, measured inside the hooks (on a "
         f"CPU they run synchronously), is {po['probe_seconds_between_logs']['median'] * 1e6:.0f} us a step; that and "
         "one logging step in 100 give the "
         f"default-interval figure (from whole steps instead: {_s(po['probe_overhead_default_from_whole_steps'])}). "
         f"When every step logs: {po['probe_overhead_every_step']['median']}x with bucket counts from a "
         f"16,384-element stratified sample per tensor (the default), {po['every_step_exact_hist_ratio']['median']}x "
-        "counting every element (`hist_sample=None`). A logging step summarises ~70 M elements for the cnn at batch "
+        "counting every element (`hist_sample=None`). A logging step summarises ~62 M elements for the cnn at batch "
         "128 (every layer's output and output gradient, every parameter gradient): sum, min/max, sum of squares and "
         "the exact zero count are vectorised passes (~1 ms per 5 M elements each, memory-bound), but putting each element in "
         "its bucket is a scalar loop (`bincount`, ~3 ns an element on this CPU), about 0.2 s per step on its own; "
@@ -78,12 +80,14 @@ def write_report(r: Dict) -> str:
     ]
     if goal_unmet(r, "probe_overhead_every_step"):
         lines += ["The every-step goal is **not met** as measured: the remaining cost is a handful of full passes "
-                  "over ~70 M elements per step (sum, aminmax, dot, sign for the exact zero count), memory-bound on "
+                  "over ~62 M elements per step (sum, aminmax, dot, sign for the exact zero count), memory-bound on "
                   "this CPU; on a GPU the same passes take well under a millisecond.", ""]
     lines += [
         f"**Memory.** Peak RSS without probes {_s(mem['peak_rss_mb']['bare'], ' MB', 1)}, with "
         f"{_s(mem['peak_rss_mb']['probes'], ' MB', 1)} ({mem['peak_method']}); the ratio includes the Python, torch "
-        "and MNIST memory of the process, as a user's training process would. Growth: "
+        "and MNIST memory of the process, as a user's training process would"
+        + ("; below 1 it is the allocator's variation between processes (the probes hold no per-step state "
+           "between logs)" if mem_ratio(r) < 1 else "") + ". Growth: "
         f"{mem['growth_method']}. From step {mem['growth_from_step']} on, RSS stays between {mem['rss_band_mb'][0]} "
         f"and {mem['rss_band_mb'][1]} MB (the allocator's ups and downs), and a least-squares line through it rises "
         f"{mem['growth_mb']} MB over the run{' (under 2% of RSS: no growth)' if abs(mem['growth_mb']) <= 0.02 * mem['rss_band_mb'][0] else ' (more than 2% of RSS)'}. "
@@ -190,6 +194,10 @@ def _compile_with_probes(wp: Dict) -> str:
             "were attached is reused without them, fast and silently blind (an earlier version of this comparison "
             "measured 1.36x that way, with no hook run). So train.py does not offer `--compile`: it would need "
             "those two probes off, and they are what stops a run at the step where it broke and names dead units.")
+
+
+def mem_ratio(r: Dict) -> float:
+    return r["spread"]["peak_rss_ratio"]["median"]
 
 
 def goal_unmet(r: Dict, key: str) -> bool:
