@@ -19,6 +19,7 @@ How the work is split, so that N processes train the same model as one process w
 """
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from dataclasses import dataclass
@@ -181,13 +182,19 @@ def teardown(ctx: Context, finished: bool = True) -> None:
     """Leave the process group; after a finished run, only once every rank has finished.
 
     Without the barrier rank 1 left as soon as its share was done while rank 0 was still
-    writing the summary and plots, and closing gloo's connections under a peer that still
-    held them aborted a rank now and then ("terminate called without an active exception",
-    exit -6, seen once in CI). After a failure there is no barrier: the other ranks may never
-    reach it, and torchrun stops them once this rank exits non-zero.
+    writing the summary and plots. Once, in CI, rank 1 then aborted at exit ("terminate
+    called without an active exception", exit -6; not reproduced here in ~30 runs): closing
+    gloo's connections under a peer that still holds them, or process-group objects freed
+    during interpreter shutdown, are the likely causes, and both are avoided here. After a
+    failure there is no barrier: the other ranks may never reach it, and torchrun stops them
+    once this rank exits non-zero.
     """
     if not (ctx.distributed and dist.is_initialized()):
         return
+    # The run's DDP wrapper holds the process group; models, probes and monitors refer to each
+    # other in cycles that only the garbage collector frees. Free it now, while the interpreter
+    # is whole, rather than during its shutdown after the group is gone.
+    gc.collect()
     if finished:
         dist.barrier()
     dist.destroy_process_group()
