@@ -1,7 +1,7 @@
 """Reproduce the four phenomena with train.py's machinery and write a Markdown report.
 
     python report.py            # full budget (aimed at ~10 minutes on 2 CPU cores) -> report/REPORT.md
-    python report.py --quick    # for CI: 309 s measured on 2 shared cores, 279 s of it the cnn
+    python report.py --quick    # for CI: 309 s when last timed on 2 shared cores, 279 s of it the cnn
 
 Each phenomenon is trained through ``train.run`` (so the runs are ordinary train.py runs, with
 TensorBoard logs, under ``<out>/runs/``), then judged from its ``summary.json``: the right
@@ -22,10 +22,12 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import train
 from experiments.mnist import DataError
+from probes.diagnosis import SEVERITIES
 
 # Budgets. The cnn needs confident predictions (target probabilities < 1e-7) before the clip
 # bites, and BatchNorm's moving averages at Keras' momentum 0.99 need a few hundred steps to
-# settle: many small steps on a small training set reach both (tests/test_cli.py uses the same).
+# settle: many small steps on a small training set reach both (tests/test_cli.py trains the same
+# budget, logging every 200 steps).
 CNN_FULL = ["--train-size", "1024", "--batch-size", "32", "--epochs", "28", "--test-size", "500",
             "--scan-images", "300", "--scan-norm-images", "0", "--log-every", "100"]
 # Measured: 448 steps (--train-size 512, 28 epochs) leave the smallest test probability at 1.7e-5,
@@ -59,7 +61,9 @@ def finding(summary: Dict, fid: str) -> Optional[Dict]:
 
 
 def warnings(summary: Dict) -> List[str]:
-    return [f["id"] for f in summary.get("findings", []) if f["severity"] in ("warning", "error")]
+    """Ids of the findings of severity warning or worse (summary.json keeps findings as dicts)."""
+    rank = SEVERITIES.index("warning")
+    return [f["id"] for f in summary.get("findings", []) if SEVERITIES.index(f["severity"]) >= rank]
 
 
 @dataclass
@@ -89,12 +93,12 @@ def judge_clipping(s: Dict[str, Dict]) -> Verdict:
 def judge_vanishing(s: Dict[str, Dict]) -> Verdict:
     f, relu = finding(s["deep-sigmoid"], "vanishing-gradient"), s["deep-relu"]
     sig_ratio = s["deep-sigmoid"]["weight_change"]["first_to_last_ratio"]
-    relu_ratio = relu["weight_change"]["first_to_last_ratio"]
-    ok = bool(f) and not warnings(relu) and relu_ratio > 10 * sig_ratio
+    relu_ratio, relu_warnings = relu["weight_change"]["first_to_last_ratio"], warnings(relu)
+    ok = bool(f) and not relu_warnings and relu_ratio > 10 * sig_ratio
     grad = f"gradient norm first/last {f['evidence']['first_to_last_grad_norm_ratio']:.2g}, " if f else ""
     measured = (f"deep-sigmoid: {grad}mean \\|dW\\| first/last {sig_ratio:.2g}, finding "
                 f"`{f['id'] if f else 'none'}`; deep-relu: \\|dW\\| first/last {relu_ratio:.2g}, warnings: "
-                f"{', '.join(warnings(relu)) or 'none'}")
+                f"{', '.join(relu_warnings) or 'none'}")
     return Verdict("vanishing gradients (deep-sigmoid vs deep-relu)", measured,
                    "`vanishing-gradient` on deep-sigmoid, not on deep-relu; relu's first layer moves far more",
                    ok, ["deep-sigmoid", "deep-relu"], [f] if f else [])

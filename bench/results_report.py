@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Dict, List
 
+from probes.activations import HIST_SAMPLE
+
 TITLES = {
     "probe_overhead_default": "Probe overhead, default interval (100)",
     "probe_overhead_every_step": "Probe overhead, logging every step",
@@ -30,11 +32,12 @@ def write_report(r: Dict) -> str:
         "",
         f"- Machine: {m.get('cpu')}, {m['cpu_count']} cores, {m.get('memory_gb')} GB; {m['platform']}; "
         f"Python {m['python']}, torch {r['torch']}" + (f"; GPU {m['gpu']}" if "gpu" in m else "; no GPU (CPU only)") + ".",
-        f"- Threads: torch default {r['threads_default']}; the run used **{cfg['threads_chosen']}** "
-        "(the faster in the thread comparison below).",
-        f"- **The machine is shared**: a virtual machine on a host other jobs use, its 2 cores sometimes busy with "
-        f"other test suites (1-minute load average {r['load_average_start_end'][0]} at the start, "
-        f"{r['load_average_start_end'][1]} at the end, the benchmark's own two threads included). Absolute times "
+        f"- Threads: torch default {r['threads_default']}; the run used **{cfg['threads_chosen']}**"
+        + (" (the faster in the thread comparison below)." if "threads" in cfg else "."),
+        f"- **The machine is shared**: a virtual machine on a host other jobs use, its {m['cpu_count']} cores "
+        f"sometimes busy with other test suites (1-minute load average {r['load_average_start_end'][0]} at the "
+        f"start, {r['load_average_start_end'][1]} at the end, the benchmark's own {cfg['threads_chosen']} "
+        "thread(s) included). Absolute times "
         "are noisy and "
         "not comparable between runs; every ratio is taken within one repeat of interleaved runs (A B A B, order "
         "rotated each round), so load that comes and goes falls on both sides, and the figures are medians over "
@@ -70,24 +73,25 @@ def write_report(r: Dict) -> str:
         "one logging step in 100 give the "
         f"default-interval figure (from whole steps instead: {_s(po['probe_overhead_default_from_whole_steps'])}). "
         f"When every step logs: {po['probe_overhead_every_step']['median']}x with bucket counts from a "
-        f"16,384-element stratified sample per tensor (the default), {po['every_step_exact_hist_ratio']['median']}x "
-        "counting every element (`hist_sample=None`). A logging step summarises ~62 M elements for the cnn at batch "
-        "128 (every layer's output and output gradient, every parameter gradient): sum, min/max, sum of squares and "
-        "the exact zero count are vectorised passes (~1 ms per 5 M elements each, memory-bound), but putting each element in "
-        "its bucket is a scalar loop (`bincount`, ~3 ns an element on this CPU), about 0.2 s per step on its own; "
-        "hence the sample. Min, max, sum, sum of squares, norms and zero fractions stay exact.",
+        f"{HIST_SAMPLE:,}-element stratified sample per tensor (the default), "
+        f"{po['every_step_exact_hist_ratio']['median']}x counting every element (`hist_sample=None`). From "
+        "measurements made while writing this benchmark (not repeated by it): a logging step of the cnn at batch "
+        "128 summarises ~62 M elements (every layer's output and output gradient, every parameter gradient); sum, "
+        "min/max, sum of squares and the exact zero count are vectorised, memory-bound passes, but putting each "
+        "element in its bucket is a scalar loop (`bincount`, ~3 ns an element on this CPU), about 0.2 s per step "
+        "on its own; hence the sample. Min, max, sum, sum of squares, norms and zero fractions stay exact.",
         "",
     ]
     if goal_unmet(r, "probe_overhead_every_step"):
         lines += ["The every-step goal is **not met** as measured: the remaining cost is a handful of full passes "
-                  "over ~62 M elements per step (sum, aminmax, dot, sign for the exact zero count), memory-bound on "
-                  "this CPU; on a GPU the same passes take well under a millisecond.", ""]
+                  "over every activation and gradient of the step (sum, aminmax, dot, sign for the exact zero count), "
+                  "memory-bound on this CPU.", ""]
     lines += [
         f"**Memory.** Peak RSS without probes {_s(mem['peak_rss_mb']['bare'], ' MB', 1)}, with "
         f"{_s(mem['peak_rss_mb']['probes'], ' MB', 1)} ({mem['peak_method']}); the ratio includes the Python, torch "
         "and MNIST memory of the process, as a user's training process would"
-        + ("; below 1 it is the allocator's variation between processes (the probes hold no per-step state "
-           "between logs)" if mem_ratio(r) < 1 else "") + ". Growth: "
+        + ("; below 1, the probes cannot have lowered it (they add buffers, never free the model's): the ratio "
+           "then shows how much peak RSS varies between processes" if mem_ratio(r) < 1 else "") + ". Growth: "
         f"{mem['growth_method']}. From step {mem['growth_from_step']} on, RSS stays between {mem['rss_band_mb'][0]} "
         f"and {mem['rss_band_mb'][1]} MB (the allocator's ups and downs), and a least-squares line through it rises "
         f"{mem['growth_mb']} MB over the run{' (under 2% of RSS: no growth)' if abs(mem['growth_mb']) <= 0.02 * mem['rss_band_mb'][0] else ' (more than 2% of RSS)'}. "
@@ -134,9 +138,9 @@ def write_report(r: Dict) -> str:
     ]
     if "threads" in cfg:
         lines.append("- Threads (bare cnn step, seconds): " + "; ".join(f"{k}: {_s(v, ' s')}" for k, v in cfg["threads"].items())
-                     + f". Chosen: {cfg['threads_chosen']}. With other processes busy on the 2 cores, OpenMP's "
-                     "spinning threads wait for each other and one thread is often faster; on an idle machine two "
-                     "are. This is a property of the machine's load, so train.py keeps torch's default "
+                     + f". Chosen: {cfg['threads_chosen']}. Which is faster depends on the load: in earlier runs on "
+                     "this shared machine, with other processes busy on its cores, OpenMP's spinning threads waited "
+                     "for each other and one thread was sometimes faster. So train.py keeps torch's default "
                      "(set `OMP_NUM_THREADS=1` on a shared machine).")
     cl = cfg["channels_last"]
     lines.append(f"- channels_last (model and input): {cl['speedup']}x the contiguous step "
@@ -151,12 +155,12 @@ def write_report(r: Dict) -> str:
         if c.get("works"):
             wp = c["with_probes_between_logs"]
             lines.append(f"- torch.compile (bare model): {c['speedup']}x the eager step after {c['compile_seconds']} s "
-                         "of compiling (Inductor keeps compiled kernels in an on-disk cache: a first compile on this "
-                         f"machine took ~25 s); outputs agree: {c['outputs_agree']}. " + _compile_with_probes(wp))
+                         "of compiling (Inductor keeps compiled kernels in an on-disk cache; a first compile on this "
+                         f"machine took ~25 s in an earlier run); outputs agree: {c['outputs_agree']}. " + _compile_with_probes(wp))
         else:
             lines.append(f"- torch.compile: failed here ({c.get('error')}).")
     else:
-        lines.append("- torch.compile: only tried in the full run (compiling takes ~20-40 s on 2 cores).")
+        lines.append("- torch.compile: only tried in the full run (a first compile took ~25 s here in an earlier run).")
     if "cuda" in r["details"]:
         g = r["details"]["cuda"]
         lines += ["", "## GPU", "",
@@ -188,8 +192,10 @@ def _compile_with_probes(wp: Dict) -> str:
             f"compiled): {wp['speedup']}x the eager bare step, {wp['recompiled_graphs']} graphs compiled, "
             f"{wp['warmup_seconds']} s to warm up; the per-step hooks ran in the compiled steps: "
             f"{'yes' if wp['hooks_ran'] else 'NO'}. The probes that act on every step (dead units, the non-finite "
-            "sentinel) are Python hooks that Dynamo traces into the graph; their changing state (units left to "
-            "watch, example counts) makes it recompile, and once it gives up the frame runs eagerly. Worse, Dynamo "
+            "sentinel) are Python hooks that Dynamo traces into the graph"
+            + ("; their changing state (units left to watch, example counts) makes it recompile, and once it gives "
+               "up the frame runs eagerly" if wp["recompiled_graphs"] > 1 else "")
+            + ". Worse, Dynamo "
             "does not guard on hooks by default (`skip_nnmodule_hook_guards`): a graph compiled before the probes "
             "were attached is reused without them, fast and silently blind (an earlier version of this comparison "
             "measured 1.36x that way, with no hook run). So train.py does not offer `--compile`: it would need "

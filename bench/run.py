@@ -42,7 +42,7 @@ from experiments.mnist import load_mnist  # noqa: E402
 from models.losses import keras2_crossentropy  # noqa: E402
 from models.optimizers import build_optimizer  # noqa: E402
 from probes import (ActivationStats, DeadUnits, GradientStats, MemorySink, Monitor, NonFiniteSentinel,  # noqa: E402
-                    TensorBoardSink, every, pair_scan)
+                    every, pair_scan, watch)
 from probes.pair_scan import inference_mode_of, output_gradients, per_pair_layer_norms  # noqa: E402
 
 LOSS = keras2_crossentropy  # the cnn's recipe: Keras 2 categorical cross-entropy
@@ -180,14 +180,13 @@ class HookClock:
 def probed(model, log_dir: str, log_every: int, hist_sample="default", clock: Optional[HookClock] = None) -> Monitor:
     """train.py's probes (experiments/study.py make_run: activations, gradients, dead units and
     the non-finite sentinel, which reads the loss's and the gradients' finiteness to the host
-    every step by design) with a TensorBoard sink."""
+    every step by design) with a TensorBoard sink; ``with`` it, or ``__exit__`` to detach and close."""
     kw = {} if hist_sample == "default" else {"hist_sample": hist_sample}
     probes = [ActivationStats(**kw), GradientStats(**kw), DeadUnits(), NonFiniteSentinel()]
     if clock is not None:
         for probe in probes:
             clock.wrap(probe)
-    monitor = Monitor(probes, sink=TensorBoardSink(log_dir), every=log_every)
-    return monitor.attach(model)
+    return watch(model, log_dir, every=log_every, probes=probes)  # closes its sink on exit
 
 
 def fixed_batches(split, batch: int, count: int, device: torch.device):
@@ -307,13 +306,12 @@ def try_compile(xs, device: torch.device, sizes: Sizes, log) -> Dict:
                 "speedup": round(med(times["eager"]) / med(times["compiled"]), 3),
                 "recompiled_graphs": counters["stats"]["unique_graphs"] - graphs,
                 "warmup_seconds": round(time.perf_counter() - start, 1),
-                # did the compiled steps run the dead-units hooks? (3 ReLUs x batch per step)
-                "hooks_ran": counted == 3 * len(xs[0][0]) * len(times["compiled"]),
+                # did the compiled steps run the dead-units hooks? (every ReLU x batch per step)
+                "hooks_ran": counted == len(monitor["dead_units"].seen_nonzero) * len(xs[0][0]) * len(times["compiled"]),
             }
         except Exception as exc:
             out["with_probes_between_logs"] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
-        monitor.detach()
-        monitor.sink.close()
+        monitor.__exit__()
     log(f"torch.compile: {out['speedup']}x the eager step after {compile_s:.0f}s of compiling; "
         f"with probes between logs {out['with_probes_between_logs']}")
     return out
@@ -381,8 +379,7 @@ def probe_overhead(data, device: torch.device, sizes: Sizes, tmp: str, log) -> D
                                             / (k * m["bare"]))
     for monitor in monitors.values():
         if monitor is not None:
-            monitor.detach()
-            monitor.sink.close()
+            monitor.__exit__()
     out = {
         "probe_overhead_default": spread(per_repeat["default"]),
         "probe_overhead_every_step": spread(per_repeat["every"]),
@@ -440,8 +437,7 @@ def memory_child(args) -> None:
             monitor.schedule = every(args.growth_every)
         run(args.growth_steps, args.growth_batch, trace)
     if monitor is not None:
-        monitor.detach()
-        monitor.sink.close()
+        monitor.__exit__()
     print(json.dumps({"peak_rss_mb": round(peak, 1), "rss_before_mb": round(before, 1), "peak_after_load": reset,
                       "trace": trace}))
 
@@ -485,7 +481,7 @@ def memory(sizes: Sizes, threads: int, log) -> Dict:
     probed run (smaller batches, logging every few steps, to reach many steps and logs)."""
     ratios, peaks, rises = [], {"bare": [], "probes": []}, {"bare": [], "probes": []}
     growth_run = (sizes.growth_steps, sizes.growth_batch, sizes.growth_every)
-    for repeat in range(sizes.peak_repeats):
+    for _ in range(sizes.peak_repeats):
         bare = run_child(False, sizes.peak_steps, sizes.batch, threads)
         probed_run = run_child(True, sizes.peak_steps, sizes.batch, threads)
         for name, child in (("bare", bare), ("probes", probed_run)):
@@ -542,7 +538,7 @@ def cuda_memory(data, device: torch.device, sizes: Sizes, tmp: str) -> Dict:
         torch.cuda.synchronize(device)
         peaks[name] = torch.cuda.max_memory_allocated(device) / 2**20
         if monitor is not None:
-            monitor.detach()
+            monitor.__exit__()
         del model, opt
     return {"peak_allocated_mb": {k: round(v, 1) for k, v in peaks.items()},
             "peak_ratio": round(peaks["probes"] / peaks["bare"], 3)}
@@ -671,11 +667,7 @@ def throughput(data, device: torch.device, sizes: Sizes, tmp: str, log) -> Dict:
                 order["perm"], order["at"] = torch.randperm(len(split), generator=gen_b), 0
             idx = order["perm"][order["at"]:order["at"] + sizes.batch].to(device)
             order["at"] += sizes.batch
-            x, y = images[idx], labels[idx]
-            opt_b.zero_grad(set_to_none=True)
-            logits = model_b(x)
-            LOSS(logits, F.one_hot(y, 10).to(logits.dtype)).mean().backward()
-            opt_b.step()
+            train_step(model_b, opt_b, images[idx], labels[idx])
 
     fns = {"train_py": train_py, "bare_loop": bare}
     for fn in fns.values():
@@ -683,8 +675,7 @@ def throughput(data, device: torch.device, sizes: Sizes, tmp: str, log) -> Dict:
     first = monitor.global_step
     times = interleaved(fns, sizes.train_repeats, device)
     logged = sum(1 for step in range(first, monitor.global_step) if monitor.schedule(step))
-    monitor.detach()
-    monitor.sink.close()
+    monitor.__exit__()
     images_per_window = sizes.train_window * sizes.batch
     ips = {k: [images_per_window / t for t in v] for k, v in times.items()}
     ratios = [t / b for t, b in zip(ips["train_py"], ips["bare_loop"])]

@@ -56,6 +56,9 @@ class DeadUnits(Probe):
     def start_step(self, step: int, logging: bool) -> None:
         super().start_step(step, logging)
         for name, seen in self.seen_nonzero.items():
+            watch = self._watch.get(name)
+            if watch is not None and not watch.numel():
+                continue  # every unit has fired: nothing can change
             if logging or host_reads_are_free(seen.device):
                 self._watch[name] = torch.nonzero(~seen).flatten()  # a sync where reads are not free
 

@@ -202,4 +202,3 @@ def _reduce_dead_units(probe) -> None:
         count = torch.tensor([probe.examples.get(name, 0)], dtype=torch.int64, device=mask.device)
         dist.all_reduce(count)
         probe.examples[name] = int(count)
-    probe._watch = {}

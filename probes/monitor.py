@@ -49,10 +49,10 @@ class Monitor:
         return next((p for p in self.probes if p.name == name), default)
 
     def __getitem__(self, name: str) -> Probe:
-        for probe in self.probes:
-            if probe.name == name:
-                return probe
-        raise KeyError(f"no probe named {name!r}; have {[p.name for p in self.probes]}")
+        probe = self.get(name)
+        if probe is None:
+            raise KeyError(f"no probe named {name!r}; have {[p.name for p in self.probes]}")
+        return probe
 
     def attach(self, model: nn.Module, optimizer: Optional[torch.optim.Optimizer] = None) -> "Monitor":
         """Attach every probe to ``model``.

@@ -93,7 +93,7 @@ def test_an_inf_a_relu_hides_is_not_an_event():
     assert not sentinel.tripped
 
 
-def test_without_check_loss_the_step_is_still_right_and_the_gradient_is_named():
+def test_without_check_loss_the_step_is_still_right_and_a_gradient_is_blamed():
     def poison(model, x):
         with torch.no_grad():
             model[2].weight[0, 0] = float("nan")
