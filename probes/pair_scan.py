@@ -118,6 +118,23 @@ def _layer_of(param_name: str) -> str:
     return param_name.rsplit(".", 1)[0] if "." in param_name else param_name
 
 
+@contextlib.contextmanager
+def _module_tensors_kept(model: nn.Module) -> Iterator[None]:
+    """Put every module's own parameters and buffers back afterwards.
+
+    ``torch.func.functional_call`` leaves plain tensors in place of the parameters of a
+    module that appears twice in the model (seen with torch 2.13): the model would then
+    hold tensors its optimizer does not know, and that block would silently stop training.
+    """
+    saved = [(m, dict(m._parameters), dict(m._buffers)) for m in model.modules()]
+    try:
+        yield
+    finally:
+        for module, params, buffers in saved:
+            module._parameters.update(params)
+            module._buffers.update(buffers)
+
+
 def per_pair_layer_norms(model: nn.Module, x: torch.Tensor, output_grad: torch.Tensor,
                          memory_budget: int = DEFAULT_MEMORY_BUDGET):
     """Per pair and layer: gradient L2 norm and whether any element is non-zero.
@@ -150,7 +167,7 @@ def per_pair_layer_norms(model: nn.Module, x: torch.Tensor, output_grad: torch.T
         return sq, nz
 
     sq_parts, nz_parts = [], []
-    with torch.no_grad():
+    with torch.no_grad(), _module_tensors_kept(model):
         for start in range(0, x.shape[0], chunk):
             sq, nz = vmap(grads_of_one)(x[start:start + chunk], output_grad[start:start + chunk])
             sq_parts.append(sq)

@@ -203,3 +203,17 @@ def test_flags_without_output_bias_use_the_closed_forms_and_match_autograd():
     zero, _ = per_pair_gradients(model, x, keras2_crossentropy)
     assert zero.any() and (~zero).any()
     assert torch.equal(result.all_zero, zero)
+
+
+def test_the_torch_func_fallback_leaves_the_models_parameters_in_place():
+    """functional_call replaces the parameters of a module used twice with plain tensors; the
+    scan puts them back, so an optimizer built before the scan still trains every block."""
+    torch.manual_seed(0)
+    block = nn.Sequential(nn.Linear(16, 16), nn.Tanh())
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 16), nn.Tanh(), block, block, nn.Linear(16, 10)).eval()
+    before = dict(model.named_parameters())
+    result = pair_scan(model, torch.rand(3, 1, 28, 28), keras2_crossentropy, norms_for=3)
+    assert result.norms_method == "torch.func"
+    after = dict(model.named_parameters())
+    assert after.keys() == before.keys() and all(after[n] is before[n] for n in before)
+    assert all(isinstance(p, nn.Parameter) for p in after.values())
