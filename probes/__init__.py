@@ -15,7 +15,7 @@ from .monitor import Monitor
 from .nonfinite import NonFiniteEvent, NonFiniteSentinel
 from .pair_scan import PairScanResult, pair_scan
 from .schedule import Schedule, every
-from .sinks import MemorySink, Prefixed, Tee, TensorBoardSink
+from .sinks import MemorySink, NullSink, Prefixed, Sink, Tee, TensorBoardSink
 from .update_ratio import UpdateRatio
 from .weight_change import WeightChange
 
@@ -30,12 +30,14 @@ __all__ = [
     "Monitor",
     "NonFiniteEvent",
     "NonFiniteSentinel",
+    "NullSink",
     "PROBES",
     "PairScanResult",
     "Prefixed",
     "Probe",
     "ProbeError",
     "Schedule",
+    "Sink",
     "Tee",
     "TensorBoardSink",
     "UpdateRatio",

@@ -2,15 +2,14 @@
 from __future__ import annotations
 
 from functools import partial
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 from torch import nn
 
-from . import stats
+from . import stats, tags
 from .base import Probe, first_tensor, leaf_modules
-from .records import Histogram, Record, Scalar
 
-# Output range of squashing activations whose saturation we measure.
+# Output range of squashing activations whose saturation we measure (subclasses count too).
 SQUASH_BOUNDS: Dict[type, Tuple[float, float]] = {
     nn.Sigmoid: (0.0, 1.0),
     nn.Tanh: (-1.0, 1.0),
@@ -25,6 +24,11 @@ SQUASH_BOUNDS: Dict[type, Tuple[float, float]] = {
 # TensorBoard, that is invisible. 2**16 halved the error and cost ~1.5% of a cnn logging step
 # on CPU (bench/RESULTS.md: the every-step overhead goal is 1.3x).
 HIST_SAMPLE = 2**14
+
+
+def squash_bounds(module: nn.Module) -> Optional[Tuple[float, float]]:
+    """The output range of a squashing activation (or a subclass of one), else None."""
+    return next((b for kind, b in SQUASH_BOUNDS.items() if isinstance(module, kind)), None)
 
 
 class ActivationStats(Probe):
@@ -43,45 +47,19 @@ class ActivationStats(Probe):
         super().__init__()
         self.bins = bins
         self.hist_sample = hist_sample
-        self._records: List[Record] = []
-        self._calls: Dict[str, int] = {}
-        self._scratch = stats.Scratch()
-        self.last_zero_fraction: Dict[str, float] = {}
-        self.last_saturation: Dict[str, float] = {}
 
     def _on_arm(self, model: nn.Module) -> None:
         for name, module in leaf_modules(model):
-            self._keep_for_step(module.register_forward_hook(partial(self._on_output, name, type(module))))
+            self._forward_hook(module, partial(self._on_output, name, squash_bounds(module)), armed=True)
 
-    def start_step(self, step: int, logging: bool) -> None:
-        super().start_step(step, logging)
-        self._calls.clear()
-        if not logging:
-            self._scratch.release()
-
-    def _on_output(self, name: str, kind: type, module: nn.Module, inputs: tuple, output: object) -> None:
-        if not self.recording:
-            return
+    def _on_output(self, name: str, bounds: Optional[Tuple[float, float]], module: nn.Module, inputs: tuple,
+                   output: object) -> None:
         out = first_tensor(output)
         if out is None or not out.is_floating_point():
             return
-        calls = self._calls.get(name, 0)
-        self._calls[name] = calls + 1
-        tag = name if calls == 0 else f"{name}#{calls}"  # a module called twice per forward
-        out = out.detach()
-        summary = stats.summarize(out, self.bins, self._scratch, self.hist_sample)
-        self._records.append(Histogram(f"activations/{tag}", self.step, summary.hist))
-        self._records.append(Scalar(f"activation_zero_fraction/{tag}", self.step, summary.zero_fraction))
-        bounds = SQUASH_BOUNDS.get(kind)
+        tag, out = self._call_name(name), out.detach()
+        summary = stats.summarize(out, self.bins, self.scratch, self.hist_sample)
+        self._histogram(tags.ACTIVATIONS, tag, summary.hist)
+        self._scalar(tags.ACTIVATION_ZERO_FRACTION, tag, summary.zero_fraction)
         if bounds is not None:
-            self._records.append(
-                Scalar(f"activation_saturated_fraction/{tag}", self.step, stats.saturated_fraction(out, *bounds))
-            )
-
-    def _on_detach(self) -> None:
-        self._scratch.release()
-
-    def collect(self, step: int) -> List[Record]:
-        records, self._records = self._records, []
-        self._scratch.new_step()
-        return records
+            self._scalar(tags.ACTIVATION_SATURATED_FRACTION, tag, stats.saturated_fraction(out, *bounds))

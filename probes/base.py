@@ -2,20 +2,23 @@
 
 A probe keeps all of its state on itself, never on the user's module, keeps every hook
 handle it registers and removes them on :meth:`Probe.detach`, which may run any number of
-times. Subclasses write only the measurement: they register hooks in :meth:`_on_attach`,
-or in :meth:`_on_arm` for hooks that only logging steps need, and override the moments
-they need (:meth:`start_step`, :meth:`end_step`, :meth:`collect`), all no-ops here.
+times. The base owns the plumbing every probe needs (hook guards, call-count tags, records
+and ``collect``, checkpoint state, the histogram sampler); subclasses write only the
+measurement: hooks in :meth:`Probe._on_attach` (or :meth:`Probe._on_arm` for hooks that only
+logging steps need) and the moments they use, all no-ops here.
 """
 from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Any, Dict, Iterator, List, Optional
+from functools import partial
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import torch
 from torch import nn
 
-from .records import Record
+from . import stats, tags
+from .records import Histogram, Record, Scalar
 
 _suspension = threading.local()
 
@@ -43,17 +46,37 @@ class ProbeError(RuntimeError):
     """A probe was used in a way that cannot work (attached twice, detached model...)."""
 
 
+#: How a declared state attribute combines over processes at the end of a run (see
+#: :func:`probes.distributed.reduce_state`): ``"same"`` identical on every rank (weights,
+#: parameter gradients: DDP keeps them so), ``"sum"`` (counts), ``"any"`` (OR of bool masks),
+#: ``"max"``, ``"min"``. Dicts of such values reduce key by key.
+STATE_REDUCTIONS = ("same", "sum", "any", "max", "min")
+
+
 class Probe:
     """Base class: one measurement, attached to one model at a time.
 
-    Moments, in the order a training step sees them:
-    ``start_step(step, logging)`` before the step's forward pass; hooks fire during
+    Moments, in the order a training step sees them: ``start_step(step, logging)`` before
+    the step's forward pass (subclasses hook in with :meth:`_on_start`); hooks fire during
     forward/backward; ``end_step(step)`` after the optimizer step; ``collect(step)`` on
-    logging steps only, returning device-side records.
+    logging steps only, returning the device-side records made with :meth:`_scalar` and
+    :meth:`_histogram` since the last log.
+
+    What a subclass declares instead of writing:
+
+    * ``state``: the attributes a resumed run needs, each with how it combines across
+      processes (:data:`STATE_REDUCTIONS`); :meth:`state_dict`, :meth:`load_state_dict` and
+      :func:`probes.distributed.reduce_state` are built from it, with the records not yet
+      collected and the histogram sampler's generator.
+    * hooks through :meth:`_forward_hook`, :meth:`_forward_pre_hook` and :meth:`_grad_hook`,
+      which call the measurement only while :attr:`measuring` (and, for forward hooks, in a
+      pass with gradients: evaluation under ``torch.no_grad`` is not training).
     """
 
-    #: short name used in tags and in ``Monitor`` menus
+    #: short name used in ``Monitor`` menus and summary.json
     name: str = "probe"
+    #: attribute -> how it reduces across processes; checkpointed as it is
+    state: Dict[str, str] = {}
 
     def __init__(self) -> None:
         self._handles: List[Any] = []
@@ -61,6 +84,12 @@ class Probe:
         self._model: Optional[nn.Module] = None
         self._logging = False
         self.step = 0
+        self._records: List[Record] = []
+        self._calls: Dict[str, int] = {}
+        self._scratch: Optional[stats.Scratch] = None
+        for attr, how in self.state.items():
+            if how not in STATE_REDUCTIONS:
+                raise ValueError(f"{type(self).__name__}.state[{attr!r}]: {how!r} is not one of {STATE_REDUCTIONS}")
 
     # -- attach / detach -------------------------------------------------------------
     def attach(self, model: nn.Module) -> "Probe":
@@ -71,6 +100,7 @@ class Probe:
                 "detach() it before attaching it again"
             )
         self._model = model
+        self._records, self._calls = [], {}
         try:
             self._on_attach(model)
         except BaseException:
@@ -85,6 +115,8 @@ class Probe:
             self._handles.pop().remove()
         if self._model is not None:
             self._on_detach()
+        if self._scratch is not None:
+            self._scratch.release()
         self._model = None
         self._logging = False
 
@@ -98,51 +130,107 @@ class Probe:
     def __exit__(self, *exc: object) -> None:
         self.detach()
 
-    def _keep(self, handle: Any) -> None:
-        self._handles.append(handle)
-
-    def _keep_for_step(self, handle: Any) -> None:
-        """Keep a hook registered in :meth:`_on_arm`; it is removed when a step that does not
-        log starts."""
-        self._step_handles.append(handle)
-
     def _disarm(self) -> None:
         while self._step_handles:
             self._step_handles.pop().remove()
 
+    # -- hooks -------------------------------------------------------------------------
+    @property
+    def measuring(self) -> bool:
+        """Whether a hook firing now should measure: attached, and not silenced by
+        :func:`suspended` (the library running the model itself: pair scans, replays)."""
+        return self._model is not None and not is_suspended()
+
+    def _forward_hook(self, module: nn.Module, fn: Callable[..., None], armed: bool = False) -> None:
+        """Call ``fn(module, inputs, output)`` after each training forward pass of ``module``.
+        ``armed``: only on logging steps (register it in :meth:`_on_arm`)."""
+        self._register(module.register_forward_hook(partial(self._guard_forward, fn)), armed)
+
+    def _forward_pre_hook(self, module: nn.Module, fn: Callable[..., None], armed: bool = False,
+                          with_kwargs: bool = False) -> None:
+        """Call ``fn(module, args[, kwargs])`` before each training forward pass of ``module``."""
+        hook = partial(self._guard_forward, fn)
+        self._register(module.register_forward_pre_hook(hook, with_kwargs=with_kwargs), armed)
+
+    def _grad_hook(self, param: torch.Tensor, fn: Callable[..., None], armed: bool = False) -> None:
+        """Call ``fn(param)`` when backward has accumulated ``param.grad``."""
+        self._register(param.register_post_accumulate_grad_hook(partial(self._guard_backward, fn)), armed)
+
+    def _register(self, handle: Any, armed: bool) -> None:
+        (self._step_handles if armed else self._handles).append(handle)
+
+    def _guard_forward(self, fn: Callable[..., None], *args: Any) -> None:
+        if self.measuring and torch.is_grad_enabled():
+            fn(*args)
+
+    def _guard_backward(self, fn: Callable[..., None], *args: Any) -> None:
+        if self.measuring:
+            fn(*args)
+
+    def _call_name(self, name: str) -> str:
+        """``name``, or ``name#k`` for the (k+1)-th call of the same module in this step."""
+        calls = self._calls.get(name, 0)
+        self._calls[name] = calls + 1
+        return tags.call_name(name, calls)
+
+    # -- records -------------------------------------------------------------------------
+    @property
+    def scratch(self) -> stats.Scratch:
+        """Reusable buffers and the histogram sampler, released when a step that does not log starts."""
+        if self._scratch is None:
+            self._scratch = stats.Scratch()
+        return self._scratch
+
+    def _scalar(self, kind: str, name: str, value: torch.Tensor, reduce: str = "mean",
+                step: Optional[int] = None) -> None:
+        self._records.append(Scalar(tags.tag(kind, name), self.step if step is None else step, value, reduce))
+
+    def _histogram(self, kind: str, name: str, hist: stats.Hist, reduce: str = "histogram") -> None:
+        self._records.append(Histogram(tags.tag(kind, name), self.step, hist, reduce))
+
     # -- for subclasses --------------------------------------------------------------
     def _on_attach(self, model: nn.Module) -> None:
-        """Register hooks; called once per attach."""
+        """Register hooks and set per-attach state; called once per attach."""
 
     def _on_detach(self) -> None:
         """Release per-attach state beyond hooks (hooks are removed already)."""
 
     def _on_arm(self, model: nn.Module) -> None:
-        """Register hooks needed only on logging steps, with :meth:`_keep_for_step`. Called when
-        a logging step starts; between logs such hooks are not there at all, so the model
-        runs as if unprobed (not even a Python call per layer)."""
+        """Register hooks needed only on logging steps (``armed=True``). Called when a logging
+        step starts; between logs such hooks are not there at all, so the model runs as if
+        unprobed (not even a Python call per layer)."""
 
-    @property
-    def recording(self) -> bool:
-        """True while hooks should measure: a logging step, not suspended."""
-        return self._logging and not is_suspended()
+    def _on_start(self, step: int, logging: bool) -> None:
+        """A step is about to run its forward pass."""
+
+    def _late_records(self, step: int) -> List[Record]:
+        """Records built at collect time (from state kept on the device), besides :meth:`_scalar`'s."""
+        return []
 
     # -- moments ---------------------------------------------------------------------
     def start_step(self, step: int, logging: bool) -> None:
         """Called before a step's forward pass; ``logging`` says whether it will be logged."""
         self.step = step
         self._logging = logging
+        self._calls.clear()
         if not logging:
             self._disarm()
+            if self._scratch is not None:
+                self._scratch.release()
         elif self._model is not None and not self._step_handles:
             self._on_arm(self._model)
+        self._on_start(step, logging)
 
     def end_step(self, step: int) -> None:
         """Called after the optimizer has updated the weights at ``step``."""
 
     def collect(self, step: int) -> List[Record]:
         """Return the records measured since the last logging step (device tensors)."""
-        return []
+        records = self._records + self._late_records(step)
+        self._records = []
+        if self._scratch is not None:
+            self._scratch.new_step()
+        return records
 
     def summary(self) -> Dict[str, Any]:
         """End-of-run facts in plain Python types (for summary.json and the diagnosis)."""
@@ -150,13 +238,70 @@ class Probe:
 
     # -- checkpoints -----------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
-        """What a resumed run needs to go on measuring exactly as if never stopped: tensors
-        and plain Python values only (``torch.load(weights_only=True)`` reads it back).
-        Probes that keep nothing between steps keep the default, ``{}``."""
-        return {}
+        """What a resumed run needs to go on measuring exactly as if never stopped: the
+        declared :attr:`state`, records not yet collected and the sampler's generator, as
+        tensors and plain Python values (``torch.load(weights_only=True)`` reads it back)."""
+        out = {attr: _copy(getattr(self, attr)) for attr in self.state}
+        out["_records"] = [_record_state(r) for r in self._records]
+        out["_sampler"] = self._scratch.generator_states() if self._scratch is not None else {}
+        return out
 
+    @torch.no_grad()
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Restore :meth:`state_dict`'s output; call it after :meth:`attach` (attach resets state)."""
+        missing = set(self.state) - set(state)
+        if missing:
+            raise ValueError(f"{type(self).__name__}: the saved state lacks {sorted(missing)}")
+        for attr in self.state:
+            setattr(self, attr, _restore(getattr(self, attr), state[attr], f"{type(self).__name__}.{attr}"))
+        self._records = [_record_from_state(r) for r in state.get("_records", [])]
+        if state.get("_sampler"):
+            self.scratch.set_generator_states(state["_sampler"])
+
+
+def _copy(value: Any) -> Any:
+    """A snapshot of a state value that later in-place updates do not change."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_copy(v) for v in value)
+    return value
+
+
+def _restore(current: Any, saved: Any, what: str) -> Any:
+    """``saved``, written into ``current``'s tensors where it has them (they may be shared, or
+    live on the right device), else a copy of it; a checkpoint of another model is an error."""
+    if isinstance(current, torch.Tensor) and isinstance(saved, torch.Tensor):
+        if current.shape != saved.shape:
+            raise ValueError(f"{what}: the saved state has shape {tuple(saved.shape)}, this model "
+                             f"{tuple(current.shape)}")
+        current.copy_(saved)
+        return current
+    if isinstance(current, dict) and isinstance(saved, dict) and current:
+        if set(current) != set(saved):
+            raise ValueError(f"{what}: the saved state is for {sorted(saved)}, not {sorted(current)}")
+        return {k: _restore(current[k], saved[k], what) for k in current}
+    if isinstance(current, (list, tuple)) and isinstance(saved, (list, tuple)) and current and \
+            all(isinstance(c, torch.Tensor) for c in current):
+        if len(current) != len(saved):
+            raise ValueError(f"{what}: the saved state has {len(saved)} tensors, this model {len(current)}")
+        return type(current)(_restore(c, s, what) for c, s in zip(current, saved))
+    return _copy(saved)
+
+
+def _record_state(r: Record) -> tuple:
+    if isinstance(r, Scalar):
+        return ("scalar", r.tag, r.step, r.value, r.reduce)
+    return ("histogram", r.tag, r.step, tuple(r.hist), r.reduce)
+
+
+def _record_from_state(t: tuple) -> Record:
+    kind, tag, step, value, reduce = t
+    if kind == "scalar":
+        return Scalar(tag, step, value, reduce)
+    return Histogram(tag, step, stats.Hist(*value), reduce)
 
 
 def leaf_modules(model: nn.Module) -> Iterator[tuple]:

@@ -12,7 +12,7 @@ from typing import Any, Dict, Optional
 import torch
 from torch import nn
 
-from .base import Probe, first_tensor, first_weight_layer, is_suspended
+from .base import Probe, first_tensor, first_weight_layer
 
 
 class DeadInputs(Probe):
@@ -27,9 +27,11 @@ class DeadInputs(Probe):
     accumulator on the device, no host sync. Passes with gradients disabled (evaluation
     under ``torch.no_grad``) and passes inside :func:`probes.suspended` are not counted, nor
     inputs whose feature shape differs from the first one seen (``skipped`` counts them).
+    Under several processes a feature is always zero only if it was so on every rank.
     """
 
     name = "dead_inputs"
+    state = {"seen_nonzero": "any", "examples": "sum", "skipped": "sum"}
 
     def __init__(self, layer: Optional[str] = None) -> None:
         super().__init__()
@@ -42,16 +44,13 @@ class DeadInputs(Probe):
     def _on_attach(self, model: nn.Module) -> None:
         self.seen_nonzero, self.examples, self.skipped = None, 0, 0  # counts are per attach
         self.layer, module = first_weight_layer(model, self.layer_name)
-        per_feature_last = isinstance(module, nn.Linear)
-        self._keep(module.register_forward_pre_hook(partial(self._on_input, per_feature_last)))
+        self._forward_pre_hook(module, partial(self._on_input, isinstance(module, nn.Linear)))
 
     def _on_input(self, per_feature_last: bool, module: nn.Module, inputs: Any) -> None:
-        if is_suspended() or not torch.is_grad_enabled():
-            return
         x = first_tensor(inputs)
         if x is None:
             return
-        x = x.detach()  # (no torch.no_grad() on this method: it would hide the check above)
+        x = x.detach()
         flat = x.reshape(-1, x.shape[-1]) if per_feature_last else x.reshape(x.shape[0], -1)
         nonzero = (flat != 0).any(0)
         if self.seen_nonzero is None:
@@ -62,14 +61,6 @@ class DeadInputs(Probe):
         else:
             self.seen_nonzero |= nonzero
         self.examples += flat.shape[0]  # a shape, known on the host: no sync
-
-    def state_dict(self) -> Dict[str, Any]:
-        return {"seen_nonzero": self.seen_nonzero, "examples": self.examples, "skipped": self.skipped}
-
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
-        seen = state["seen_nonzero"]
-        self.seen_nonzero = None if seen is None else seen.clone()
-        self.examples, self.skipped = state["examples"], state["skipped"]
 
     def always_zero(self) -> Optional[torch.Tensor]:
         """Flat indices of the features that were zero in every example seen so far."""

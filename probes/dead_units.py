@@ -13,7 +13,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 from torch import nn
 
-from .base import Probe, first_tensor, is_suspended, leaf_modules
+from .base import Probe, first_tensor, leaf_modules
 from .stats import host_reads_are_free
 
 #: Modules whose output is exactly zero wherever their input is not positive.
@@ -40,6 +40,7 @@ class DeadUnits(Probe):
     """
 
     name = "dead_units"
+    state = {"seen_nonzero": "any", "examples": "sum"}
 
     def __init__(self) -> None:
         super().__init__()
@@ -51,10 +52,9 @@ class DeadUnits(Probe):
         self.seen_nonzero, self.examples, self._watch = {}, {}, {}
         for name, module in leaf_modules(model):
             if isinstance(module, RELU_TYPES):
-                self._keep(module.register_forward_hook(partial(self._on_output, name)))
+                self._forward_hook(module, partial(self._on_output, name))
 
-    def start_step(self, step: int, logging: bool) -> None:
-        super().start_step(step, logging)
+    def _on_start(self, step: int, logging: bool) -> None:
         for name, seen in self.seen_nonzero.items():
             watch = self._watch.get(name)
             if watch is not None and not watch.numel():
@@ -63,8 +63,6 @@ class DeadUnits(Probe):
                 self._watch[name] = torch.nonzero(~seen).flatten()  # a sync where reads are not free
 
     def _on_output(self, name: str, module: nn.Module, inputs: tuple, output: Any) -> None:
-        if is_suspended() or not torch.is_grad_enabled():
-            return
         out = first_tensor(output)
         if out is None or out.dim() < 2:
             return
@@ -87,14 +85,9 @@ class DeadUnits(Probe):
                 seen[watch] |= out.index_select(unit_dim, watch).amax(dim=others) > 0
         self.examples[name] = self.examples.get(name, 0) + out.shape[0]
 
-    def state_dict(self) -> Dict[str, Any]:
-        """What a resumed run needs to go on counting (see experiments/checkpoint.py)."""
-        return {"seen_nonzero": dict(self.seen_nonzero), "examples": dict(self.examples)}
-
     def load_state_dict(self, state: Dict[str, Any]) -> None:
-        self.seen_nonzero = {name: seen.clone() for name, seen in state["seen_nonzero"].items()}
-        self._watch = {}
-        self.examples = dict(state["examples"])
+        super().load_state_dict(state)
+        self._watch = {}  # refreshed from the restored masks at the next step
 
     def summary(self) -> Dict[str, Any]:
         if not self.seen_nonzero:

@@ -21,6 +21,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from torch import nn
 
+from . import tags
+
 SEVERITIES = ("info", "warning", "error")
 
 # -- thresholds -----------------------------------------------------------------------------
@@ -206,9 +208,10 @@ def _non_finite(summary: Mapping[str, Any], scalars: Mapping[str, Series]) -> Li
         evidence = {"step": event["step"], "where": event["where"], "name": event["name"]}
     else:
         first = None
-        for tag, series in scalars.items():
-            if not (tag == "train/loss" or tag.startswith(("grad_norm/", "output_grad_norm/"))):
-                continue
+        watched = {tags.LOSS: scalars.get(tags.LOSS, [])}
+        for kind in (tags.GRAD_NORM, tags.OUTPUT_GRAD_NORM):
+            watched.update({tags.tag(kind, name): s for name, s in tags.series(scalars, kind).items()})
+        for tag, series in watched.items():
             for step, value in series:
                 if not math.isfinite(value):
                     if first is None or step < first[0]:
@@ -229,10 +232,9 @@ def _non_finite(summary: Mapping[str, Any], scalars: Mapping[str, Series]) -> Li
 def _total_grad_norm(scalars: Mapping[str, Series]) -> Dict[int, float]:
     """sqrt(sum of squared per-parameter gradient norms) per logged step."""
     total: Dict[int, float] = {}
-    for tag, series in scalars.items():
-        if tag.startswith("grad_norm/"):
-            for step, value in series:
-                total[step] = total.get(step, 0.0) + float(value) ** 2
+    for series in tags.series(scalars, tags.GRAD_NORM).values():
+        for step, value in series:
+            total[step] = total.get(step, 0.0) + float(value) ** 2
     return {s: math.sqrt(v) for s, v in sorted(total.items())}
 
 
@@ -247,14 +249,14 @@ def _exploding(summary: Mapping[str, Any], scalars: Mapping[str, Series]) -> Lis
     peak = finite[peak_step]
     if first <= 0 or peak / first < EXPLODING_GROWTH:
         return []
-    largest = max((t for t in scalars if t.startswith("grad_norm/")),
-                  key=lambda t: max((v for s, v in scalars[t] if s == peak_step), default=0.0))
+    norms = tags.series(scalars, tags.GRAD_NORM)
+    largest = max(norms, key=lambda name: max((v for s, v in norms[name] if s == peak_step), default=0.0))
     return [Finding(
         "exploding-gradient", "warning",
         f"the total gradient norm grew {peak / first:.0f}x, from {_fmt(first)} at step {first_step} to "
-        f"{_fmt(peak)} at step {peak_step}; largest at {largest[len('grad_norm/'):]}",
+        f"{_fmt(peak)} at step {peak_step}; largest at {largest}",
         {"first_step": first_step, "first_total_grad_norm": first, "peak_step": peak_step,
-         "peak_total_grad_norm": peak, "growth": peak / first, "largest_parameter": largest[len("grad_norm/"):],
+         "peak_total_grad_norm": peak, "growth": peak / first, "largest_parameter": largest,
          "threshold_growth": EXPLODING_GROWTH, "total_grad_norm": finite},
         cause="too large a learning rate, or weights growing so that each layer multiplies the gradient by more "
               "than 1 on its way back",
@@ -294,13 +296,14 @@ def _loss_clipping(scan: Mapping[str, Any]) -> List[Finding]:
 def _vanishing(summary: Mapping[str, Any], scalars: Mapping[str, Series], order: List[str]) -> List[Finding]:
     evidence: Dict[str, Any] = {}
     fired: List[str] = []
-    norms = {name: _values(scalars[f"grad_norm/{name}"]) for name in order if f"grad_norm/{name}" in scalars}
+    grad_norms = tags.series(scalars, tags.GRAD_NORM)
+    norms = {name: _values(grad_norms[name]) for name in order if name in grad_norms}
     layers = [n for n in order if n in norms and norms[n]]
     if len(layers) >= 2:
         median = {n: statistics.median(norms[n]) for n in layers}
         first, last = median[layers[0]], median[layers[-1]]
         ratio = first / last if last > 0 else float("inf")
-        steps = [s for s, _ in scalars[f"grad_norm/{layers[0]}"]]
+        steps = [s for s, _ in grad_norms[layers[0]]]
         evidence.update(layers=layers, median_grad_norm=[median[n] for n in layers],
                         grad_norm_ratio_to_last=[median[n] / last if last > 0 else None for n in layers],
                         first_to_last_grad_norm_ratio=ratio, logged_steps=[steps[0], steps[-1], len(steps)],
@@ -391,14 +394,13 @@ def _dead_relu(summary: Mapping[str, Any]) -> List[Finding]:
 
 
 def _saturation(scalars: Mapping[str, Series]) -> List[Finding]:
-    prefix = "activation_saturated_fraction/"
-    median = {tag[len(prefix):]: statistics.median(_values(s)) for tag, s in scalars.items()
-              if tag.startswith(prefix) and s}
+    saturated = tags.series(scalars, tags.ACTIVATION_SATURATED_FRACTION)
+    median = {name: statistics.median(_values(s)) for name, s in saturated.items() if s}
     hot = {name: v for name, v in median.items() if v >= SATURATION_WARN_FRACTION}
     if not hot:
         return []
     per = ", ".join(f"{name} {100 * v:.0f}%" for name, v in hot.items())
-    steps = {name: [s for s, _ in scalars[prefix + name]] for name in hot}
+    steps = {name: [s for s, _ in saturated[name]] for name in hot}
     return [Finding(
         "saturation", "warning",
         f"sigmoid/tanh outputs within 1e-3 of their bounds (median over logged steps): {per}; their derivative "

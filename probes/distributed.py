@@ -4,26 +4,14 @@ Under DDP each rank runs the model on its own slice of every batch, so a probe o
 measures that slice only. :func:`reduce_records` is called by
 :class:`probes.monitor.Monitor` on every logging step, on every rank, before the one host
 transfer. It turns each rank's records into the statistic of the whole global batch, as a
-single process training on that batch would have logged it:
+single process training on that batch would have logged it, by each record's own ``reduce``
+(see :data:`probes.records.REDUCTIONS`): the probe that made a record says how it combines,
+so nothing here knows a tag or a probe class. Histograms are merged as: min of mins, max of
+maxes, sums of counts, sums and squares; buckets re-binned onto the global range (each count
+moves to the global bucket holding its bucket's centre: at most one bucket's width off).
 
-===================================  ==========================================================
-record                               reduction over ranks
-===================================  ==========================================================
-``train/loss``                       mean (each rank logs its share of the batch's mean loss)
-``*_fraction/*`` (exact zeros,       mean: the fraction over all ranks' elements (exact when
-saturation)                          every rank holds as many examples; train.py's slices do)
-``activations/*`` histograms         min of mins, max of maxes, sums of counts, sums and squares;
-                                     buckets re-binned onto the global range (each count moves to
-                                     the global bucket holding its bucket's centre: at most one
-                                     bucket's width off)
-``output_grad/*``, ``output_grad_    the gradient of the all-ranks objective (DDP optimises the
-norm/*``                             mean of the ranks' losses) with respect to each rank's layer
-                                     outputs is the rank's own gradient / N: histograms are merged
-                                     as above after that scaling, norms are sqrt(sum of squares)/N
-``grad*/*`` (parameters), ``update_  no change: these are measured from the averaged gradient and
-*``, ``weight_change/*``             the shared weights, identical on every rank (see below)
-anything else                        mean
-===================================  ==========================================================
+End-of-run state that probes keep per rank (dead units, dead inputs) is combined by
+:func:`reduce_state`, from each probe's declared ``state`` reductions.
 
 Parameter gradients: DDP all-reduces (averages) them *after* the backward pass has
 accumulated each rank's local gradient, so a ``register_post_accumulate_grad_hook`` sees the
@@ -37,7 +25,7 @@ process, so probes stay usable (and unchanged) without it.
 from __future__ import annotations
 
 import zlib
-from typing import Callable, List, Optional
+from typing import Any, Dict, List
 
 import torch
 
@@ -59,26 +47,10 @@ def gradients_averaged_later() -> bool:
     return world_size() > 1
 
 
-_SAME = ("grad/", "grad_zero_fraction/", "grad_norm/", "update_", "weight_change/")
-_OUTPUT_GRAD = ("output_grad/", "output_grad_norm/")
-
-
-def _rule(tag: str) -> str:
-    # Tags may carry a prefix (e.g. "variant1/"); match the part a probe wrote.
-    for part in (tag, tag.split("/", 1)[-1]):
-        if part.startswith(_SAME):
-            return "same"
-        if part.startswith("output_grad_norm/"):
-            return "norm"
-        if part.startswith("output_grad/"):
-            return "hist_scaled"
-    return "mean"
-
-
 def _check_same_records(records: List[Record], device: torch.device) -> None:
     """Every rank must reduce the same tags in the same order, or the sums are garbage."""
     dist = torch.distributed
-    text = "\n".join(f"{r.tag}@{r.step}" for r in records)
+    text = "\n".join(f"{r.tag}@{r.step}:{r.reduce}" for r in records)
     mine = torch.tensor([len(records), zlib.crc32(text.encode())], dtype=torch.int64, device=device)
     low, high = mine.clone(), mine.clone()
     dist.all_reduce(low, op=dist.ReduceOp.MIN)
@@ -110,25 +82,25 @@ def reduce_records(records: List[Record]) -> List[Record]:
     dist = torch.distributed
     device = _device_of(records[0])
     _check_same_records(records, device)
-    rules = [_rule(r.tag) for r in records]
+    out: List[Record] = list(records)
+    scalars = [(i, r) for i, r in enumerate(records) if isinstance(r, Scalar) and r.reduce != "same"]
+    for op, picked in _by_op(scalars).items():
+        values = torch.stack([r.value.detach().float().reshape(()).to(device) for _, r in picked])
+        if op == "l2":
+            values = values * values
+        dist.all_reduce(values, op=_OPS[op])
+        if op == "mean":
+            values = values / n
+        elif op == "l2":
+            values = values.sqrt()
+        for k, (i, r) in enumerate(picked):
+            out[i] = Scalar(r.tag, r.step, values[k], r.reduce)
 
-    scalars = [(i, r) for i, r in enumerate(records) if isinstance(r, Scalar) and rules[i] in ("mean", "norm")]
-    out: List[Optional[Record]] = list(records)
-    if scalars:
-        values = torch.stack([r.value.detach().float().reshape(()).to(device) for _, r in scalars])
-        is_norm = torch.tensor([rules[i] == "norm" for i, _ in scalars], device=device)
-        values = torch.where(is_norm, values * values, values)
-        dist.all_reduce(values)
-        values = torch.where(is_norm, values.sqrt() / n, values / n)
-        for k, (i, r) in enumerate(scalars):
-            out[i] = Scalar(r.tag, r.step, values[k])
-
-    hists = [(i, r) for i, r in enumerate(records) if isinstance(r, Histogram) and rules[i] != "same"]
+    hists = [(i, r) for i, r in enumerate(records) if isinstance(r, Histogram) and r.reduce == "histogram"]
     if hists:
-        scaled = [_scaled(r.hist, 1.0 / n) if rules[i] == "hist_scaled" else r.hist for i, r in hists]
-        lo = torch.stack([h.min.float().to(device) for h in scaled])
-        hi = torch.stack([h.max.float().to(device) for h in scaled])
-        empty = torch.stack([h.num.float().to(device) for h in scaled]) == 0
+        lo = torch.stack([r.hist.min.float().to(device) for _, r in hists])
+        hi = torch.stack([r.hist.max.float().to(device) for _, r in hists])
+        empty = torch.stack([r.hist.num.float().to(device) for _, r in hists]) == 0
         # An empty histogram's zeros must not stretch the range: +inf/-inf lose min/max.
         lo_all = torch.where(empty, torch.full_like(lo, float("inf")), lo)
         hi_all = torch.where(empty, torch.full_like(hi, float("-inf")), hi)
@@ -136,9 +108,9 @@ def reduce_records(records: List[Record]) -> List[Record]:
         dist.all_reduce(hi_all, op=dist.ReduceOp.MAX)
         nothing = torch.isinf(lo_all)
         lo_all, hi_all = torch.where(nothing, 0.0, lo_all), torch.where(nothing, 0.0, hi_all)
-        counts = torch.stack([_rebin(h, lo_all[k], hi_all[k]) for k, h in enumerate(scaled)])
-        moments = torch.stack([torch.stack([h.num.float(), h.sum.float(), h.sum_squares.float()]).to(device)
-                               for h in scaled])
+        counts = torch.stack([_rebin(r.hist, lo_all[k], hi_all[k]) for k, (_, r) in enumerate(hists)])
+        moments = torch.stack([torch.stack([r.hist.num.float(), r.hist.sum.float(), r.hist.sum_squares.float()])
+                               .to(device) for _, r in hists])
         dist.all_reduce(counts)
         dist.all_reduce(moments)
         for k, (i, r) in enumerate(hists):
@@ -146,59 +118,60 @@ def reduce_records(records: List[Record]) -> List[Record]:
             width = torch.clamp(hi_all[k] - lo_all[k], min=1e-12) / bins
             limits = lo_all[k] + width * torch.arange(1, bins + 1, device=device)
             merged = Hist(lo_all[k], hi_all[k], moments[k, 0], moments[k, 1], moments[k, 2], limits, counts[k])
-            out[i] = Histogram(r.tag, r.step, merged)
-    return out  # type: ignore[return-value]
+            out[i] = Histogram(r.tag, r.step, merged, r.reduce)
+    return out
 
 
-def _scaled(h: Hist, s: float) -> Hist:
-    """The histogram of ``s * x`` for ``s > 0``."""
-    return Hist(h.min * s, h.max * s, h.num, h.sum * s, h.sum_squares * (s * s), h.bucket_limits * s, h.bucket_counts)
+def _by_op(items: List[tuple]) -> Dict[str, List[tuple]]:
+    groups: Dict[str, List[tuple]] = {}
+    for i, r in items:
+        groups.setdefault(r.reduce, []).append((i, r))
+    return groups
 
 
 def _device_of(record: Record) -> torch.device:
     return record.value.device if isinstance(record, Scalar) else record.hist.num.device
 
 
-def reduce_state(probes: List[object], reducers: Optional[dict] = None) -> None:
-    """End-of-run state that a probe keeps per rank, combined over ranks in place (collective).
-
-    Today: :class:`probes.DeadInputs` (a feature is "always zero" only if it was zero on every
-    rank: OR of the seen-nonzero masks; examples and skipped are summed) and
-    :class:`probes.DeadUnits` (a unit is dead only if it never fired on any rank: the same
-    OR per layer, examples summed). Probes of parameters and weights need nothing: DDP keeps
-    those identical on every rank.
+def reduce_state(probes: List[Any]) -> None:
+    """End-of-run state that a probe keeps per rank, combined over ranks in place (collective),
+    by each probe's declared ``state`` reductions (:data:`probes.base.STATE_REDUCTIONS`): e.g.
+    :class:`probes.DeadUnits` ORs its seen-firing masks (a unit is dead only if it never fired
+    on any rank) and sums its example counts. ``"same"`` state (weights, averaged gradients)
+    is left alone: DDP keeps it identical on every rank.
     """
     if world_size() == 1:
         return
-    from .dead_input import DeadInputs
-    from .dead_units import DeadUnits
-
-    table: dict = {DeadInputs: _reduce_dead_inputs, DeadUnits: _reduce_dead_units, **(reducers or {})}
     for probe in probes:
-        fn: Optional[Callable] = table.get(type(probe))
-        if fn is not None:
-            fn(probe)
+        for attr, how in type(probe).state.items():
+            if how != "same":
+                setattr(probe, attr, _reduce_value(getattr(probe, attr), how))
 
 
-def _reduce_dead_inputs(probe) -> None:
+def _reduce_value(value: Any, how: str) -> Any:
+    """``value`` combined over ranks; dicts key by key in sorted order (every rank has the same keys)."""
     dist = torch.distributed
-    if probe.seen_nonzero is None:
-        return
-    mask = probe.seen_nonzero.to(torch.uint8)
-    dist.all_reduce(mask, op=dist.ReduceOp.MAX)
-    probe.seen_nonzero = mask.bool()
-    counts = torch.tensor([probe.examples, probe.skipped], dtype=torch.int64, device=mask.device)
-    dist.all_reduce(counts)
-    probe.examples, probe.skipped = (int(c) for c in counts.tolist())
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        return {k: _reduce_value(value[k], how) for k in sorted(value)}
+    if isinstance(value, torch.Tensor):
+        t = value.to(torch.uint8) if value.dtype == torch.bool else value.clone()
+        dist.all_reduce(t, op=_OPS[how])
+        return t.bool() if value.dtype == torch.bool else t
+    t = torch.tensor([value], dtype=torch.float64 if isinstance(value, float) else torch.int64, device=_device())
+    dist.all_reduce(t, op=_OPS[how])
+    return type(value)(t.item())
 
 
-def _reduce_dead_units(probe) -> None:
-    """Every rank ran the same model, so the same ReLU layers (taken in sorted order)."""
-    dist = torch.distributed
-    for name in sorted(probe.seen_nonzero):
-        mask = probe.seen_nonzero[name].to(torch.uint8)
-        dist.all_reduce(mask, op=dist.ReduceOp.MAX)
-        probe.seen_nonzero[name] = mask.bool()
-        count = torch.tensor([probe.examples.get(name, 0)], dtype=torch.int64, device=mask.device)
-        dist.all_reduce(count)
-        probe.examples[name] = int(count)
+def _device() -> torch.device:
+    """Where collectives run: the current CUDA device under NCCL, else the CPU."""
+    if torch.distributed.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+_OPS = {"mean": torch.distributed.ReduceOp.SUM, "sum": torch.distributed.ReduceOp.SUM,
+        "l2": torch.distributed.ReduceOp.SUM, "max": torch.distributed.ReduceOp.MAX,
+        "any": torch.distributed.ReduceOp.MAX, "min": torch.distributed.ReduceOp.MIN} \
+    if torch.distributed.is_available() else {}

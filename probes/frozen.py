@@ -37,6 +37,7 @@ class FrozenWeights(Probe):
     """
 
     name = "frozen"
+    state = {"_initial": "same", "changed": "same"}
 
     def __init__(self, first_layer: Optional[str] = None) -> None:
         super().__init__()
@@ -64,18 +65,6 @@ class FrozenWeights(Probe):
     def end_step(self, step: int) -> None:
         for name, param in self._params.items():
             self.changed[name] |= _bits(param.detach()) != self._initial[name]
-
-    def state_dict(self) -> Dict[str, Any]:
-        return {"initial": dict(self._initial), "changed": dict(self.changed)}
-
-    @torch.no_grad()
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
-        if set(state["changed"]) != set(self.changed):
-            raise ValueError(f"FrozenWeights: the saved state is for parameters {sorted(state['changed'])}, "
-                             f"not {sorted(self.changed)}")
-        for name in self.changed:  # W_0 is the weights at the first attach, not at this one
-            self._initial[name].copy_(state["initial"][name])
-            self.changed[name].copy_(state["changed"][name])
 
     def frozen_input_features(self) -> Optional[torch.Tensor]:
         """Indices of the first layer's input features whose weights never changed."""

@@ -2,16 +2,15 @@
 from __future__ import annotations
 
 from functools import partial
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 import torch
 from torch import nn
 
-from . import stats
+from . import stats, tags
 from .activations import HIST_SAMPLE
 from .base import Probe, first_tensor, leaf_modules
-from .distributed import gradients_averaged_later
-from .records import Histogram, Record, Scalar
+from .distributed import gradients_averaged_later, world_size
 
 
 class GradientStats(Probe):
@@ -21,8 +20,11 @@ class GradientStats(Probe):
     its output (a tensor hook registered by a forward hook, so in-place layers work).
 
     Under DistributedDataParallel the hook sees this rank's local gradient, so parameter
-    gradients are measured at ``end_step`` instead, from the averaged ``.grad`` (see
-    :mod:`probes.distributed`); layer-output gradients stay per rank and are reduced.
+    gradients are measured at ``end_step`` instead, from the averaged ``.grad`` (identical
+    on every rank). A rank's layer outputs are its own share of the global batch: the
+    gradient of the all-ranks objective (the mean of the ranks' losses) with respect to them
+    is the rank's own gradient / N, so they are scaled by 1/N and their norms combine as
+    sqrt(sum of squares) (see :mod:`probes.distributed`).
 
     Args:
         hist_sample: as for :class:`probes.ActivationStats`: bucket counts of larger
@@ -37,73 +39,40 @@ class GradientStats(Probe):
         self.bins = bins
         self.layer_outputs = layer_outputs
         self.hist_sample = hist_sample
-        self._scratch = stats.Scratch()
-        self._param_stats: Dict[str, List[Record]] = {}
-        self._output_records: List[Record] = []
-        self._calls: Dict[str, int] = {}
-        self._averaged_later: Dict[str, torch.Tensor] = {}
+        self._latest: Dict[str, torch.Tensor] = {}  # parameter -> its gradient, measured at end_step
 
     def _on_arm(self, model: nn.Module) -> None:
         for name, param in model.named_parameters():
             if param.requires_grad:
-                self._keep_for_step(param.register_post_accumulate_grad_hook(partial(self._on_param_grad, name)))
+                self._grad_hook(param, partial(self._on_param_grad, name), armed=True)
         if self.layer_outputs:
             for name, module in leaf_modules(model):
-                self._keep_for_step(module.register_forward_hook(partial(self._on_output, name)))
-
-    def start_step(self, step: int, logging: bool) -> None:
-        super().start_step(step, logging)
-        self._calls.clear()
-        if not logging:
-            self._scratch.release()
-
-    def _records(self, kind: str, name: str, grad: torch.Tensor) -> List[Record]:
-        summary = stats.summarize(grad.detach(), self.bins, self._scratch, self.hist_sample)
-        return [
-            Histogram(f"{kind}/{name}", self.step, summary.hist),
-            Scalar(f"{kind}_zero_fraction/{name}", self.step, summary.zero_fraction),
-            Scalar(f"{kind}_norm/{name}", self.step, summary.norm),
-        ]
+                self._forward_hook(module, partial(self._on_output, name), armed=True)
 
     def _on_param_grad(self, name: str, param: torch.Tensor) -> None:
-        if not self.recording or param.grad is None:
-            return
-        if gradients_averaged_later():  # DDP: this is the local gradient; measure the average at end_step
-            self._averaged_later[name] = param
-            return
-        self._measure_param(name, param.grad.detach())
+        # Accumulation over several backward passes fires this hook each time, and DDP
+        # averages the gradients only after it: measure .grad once, when the step ends.
+        if param.grad is not None:
+            self._latest[name] = param
 
     def end_step(self, step: int) -> None:
-        pending, self._averaged_later = self._averaged_later, {}
-        for name, param in pending.items():
+        latest, self._latest = self._latest, {}
+        for name, param in latest.items():
             if param.grad is not None:
-                self._measure_param(name, param.grad.detach())
+                self._measure(tags.GRAD, name, param.grad, "same" if gradients_averaged_later() else None)
 
-    def _measure_param(self, name: str, grad: torch.Tensor) -> None:
-        # Accumulation over several backward passes fires this hook each time; the last
-        # call sees the full gradient, so it simply replaces the earlier measurement.
-        self._param_stats[name] = self._records("grad", name, grad)
+    def _measure(self, kind: str, name: str, grad: torch.Tensor, reduce: Optional[str]) -> None:
+        summary = stats.summarize(grad.detach(), self.bins, self.scratch, self.hist_sample)
+        self._histogram(kind, name, summary.hist, reduce or "histogram")
+        self._scalar(f"{kind}_zero_fraction", name, summary.zero_fraction, reduce or "mean")
+        self._scalar(f"{kind}_norm", name, summary.norm, reduce or "l2")
 
     def _on_output(self, name: str, module: nn.Module, inputs: tuple, output: object) -> None:
-        if not self.recording:
-            return
         out = first_tensor(output)
         if out is not None and out.requires_grad:
-            calls = self._calls.get(name, 0)
-            self._calls[name] = calls + 1
-            tag = name if calls == 0 else f"{name}#{calls}"  # a module called twice per forward
-            out.register_hook(partial(self._on_output_grad, tag))
+            out.register_hook(partial(self._on_output_grad, self._call_name(name)))
 
     def _on_output_grad(self, name: str, grad: torch.Tensor) -> None:
-        if not self.recording:
-            return
-        self._output_records += self._records("output_grad", name, grad)
-
-    def _on_detach(self) -> None:
-        self._scratch.release()
-
-    def collect(self, step: int) -> List[Record]:
-        records = [r for group in self._param_stats.values() for r in group] + self._output_records
-        self._param_stats, self._output_records = {}, []
-        self._scratch.new_step()
-        return records
+        if self.measuring:
+            n = world_size()
+            self._measure(tags.OUTPUT_GRAD, name, grad / n if n > 1 else grad, None)

@@ -11,10 +11,12 @@ from typing import Any, Dict, Iterable, List, Optional, Union
 import torch
 from torch import nn
 
+from . import tags
 from .base import Probe
 from .distributed import reduce_records
 from .records import Record, Scalar, to_host
 from .schedule import Schedule, as_schedule
+from .sinks import Sink
 
 
 class Monitor:
@@ -29,7 +31,7 @@ class Monitor:
                 monitor.step(loss)
     """
 
-    def __init__(self, probes: Iterable[Probe], sink: Any = None, every: Union[int, Schedule] = 100,
+    def __init__(self, probes: Iterable[Probe], sink: Optional[Sink] = None, every: Union[int, Schedule] = 100,
                  close_sink: bool = False) -> None:
         self.probes: List[Probe] = list(probes)
         names = [p.name for p in self.probes]
@@ -129,22 +131,23 @@ class Monitor:
         self._start(self.global_step)
 
     def _log(self, step: int) -> None:
-        records: List[Record] = [Scalar("train/loss", s, v) for s, v in self._losses]
+        host = self._gather(step)
+        if self.sink is not None and host:
+            self.sink.write(host)
+
+    def _gather(self, step: int) -> list:
+        """The losses and every probe's records since the last log, reduced over processes and
+        moved to the host in one transfer (every rank reduces, sink or not)."""
+        records: List[Record] = [Scalar(tags.LOSS, s, v) for s, v in self._losses]
         self._losses = []
         for probe in self.probes:
             records.extend(probe.collect(step))
-        host = to_host(reduce_records(records))  # several processes: one set for the global batch
-        if self.sink is not None and host:
-            self.sink.write(host)
+        return to_host(reduce_records(records)) if records else []
 
     def flush(self) -> None:
         """Write what is pending (losses and per-step probe records of the steps since the
         last log, e.g. :class:`WeightChange`'s) and flush the sink."""
-        pending: List[Record] = [Scalar("train/loss", s, v) for s, v in self._losses]
-        self._losses = []
-        for probe in self.probes:
-            pending.extend(probe.collect(self.global_step - 1))
-        host = to_host(reduce_records(pending)) if pending else []  # every rank reduces, sink or not
+        host = self._gather(self.global_step - 1)
         if self.sink is not None:
             if host:
                 self.sink.write(host)

@@ -13,12 +13,28 @@ import torch
 
 from .stats import Hist
 
+#: How a record measured by each of several processes (DistributedDataParallel) becomes the
+#: record of the whole global batch; :mod:`probes.distributed` applies it, knowing no tag:
+#:
+#: ``"mean"``: the average over ranks (fractions, losses: each rank holds as many examples);
+#: ``"sum"``, ``"max"``, ``"min"``: the sum, largest or smallest over ranks;
+#: ``"l2"``: sqrt of the sum of squares (the norm of a tensor split across ranks);
+#: ``"same"``: identical on every rank (measured from the averaged gradient or the shared
+#: weights), left as it is;
+#: ``"histogram"``: histograms merged onto the global range (histograms only).
+REDUCTIONS = ("mean", "sum", "max", "min", "l2", "same", "histogram")
+
 
 @dataclass
 class Scalar:
     tag: str
     step: int
     value: torch.Tensor  # 0-d
+    reduce: str = "mean"
+
+    def __post_init__(self) -> None:
+        if self.reduce not in REDUCTIONS or self.reduce == "histogram":
+            raise ValueError(f"a scalar reduces by one of {REDUCTIONS[:-1]}, not {self.reduce!r}")
 
 
 @dataclass
@@ -26,6 +42,11 @@ class Histogram:
     tag: str
     step: int
     hist: Hist
+    reduce: str = "histogram"  # or "same"
+
+    def __post_init__(self) -> None:
+        if self.reduce not in ("histogram", "same"):
+            raise ValueError(f"a histogram reduces by 'histogram' or 'same', not {self.reduce!r}")
 
 
 Record = Union[Scalar, Histogram]

@@ -1,6 +1,7 @@
-"""Where records go: TensorBoard for people, memory for tests.
+"""Where records go: TensorBoard for people, memory for tests, nowhere for the other ranks.
 
 Probes never import a sink; :class:`probes.monitor.Monitor` hands host records to one.
+Every sink here does what :class:`Sink` says, and nothing else may be assumed of one.
 TensorBoard is imported only when a :class:`TensorBoardSink` is made, so ``probes``
 itself needs nothing but torch.
 """
@@ -9,9 +10,52 @@ from __future__ import annotations
 import dataclasses
 import struct
 from collections import defaultdict
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Protocol, Sequence, Tuple, Union, runtime_checkable
 
 from .records import HostHistogram, HostScalar
+
+HostRecord = Union[HostScalar, HostHistogram]
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """What takes host records: a structural type, so any object with these five methods is a
+    sink (a caller's own included) without subclassing anything here."""
+
+    def write(self, records: Sequence[HostRecord]) -> None:
+        """Take scalars and already-binned histograms, as :func:`probes.records.to_host` makes them."""
+
+    def text(self, tag: str, text: str, step: int = 0) -> None:
+        """Take one plain-words (markdown) text."""
+
+    def image(self, tag: str, png: bytes, step: int = 0) -> None:
+        """Take one PNG image, still encoded."""
+
+    def flush(self) -> None:
+        """Make what was taken so far visible (e.g. on disk)."""
+
+    def close(self) -> None:
+        """Flush and release what the sink owns; a sink handed in by a caller stays open."""
+
+
+class NullSink:
+    """Drops everything: the other ranks of a several-process run still measure and reduce,
+    and only rank 0 writes."""
+
+    def write(self, records: Sequence[HostRecord]) -> None:
+        pass
+
+    def text(self, tag: str, text: str, step: int = 0) -> None:
+        pass
+
+    def image(self, tag: str, png: bytes, step: int = 0) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 class MemorySink:
@@ -27,7 +71,7 @@ class MemorySink:
         self.texts: Dict[str, List[Tuple[int, str]]] = defaultdict(list)
         self.images: Dict[str, List[Tuple[int, bytes]]] = defaultdict(list)
 
-    def write(self, records: list) -> None:
+    def write(self, records: Sequence[HostRecord]) -> None:
         for r in records:
             if isinstance(r, HostScalar):
                 self.scalars[r.tag].append((r.step, r.value))
@@ -84,7 +128,7 @@ class TensorBoardSink:
         self.log_dir = writer.log_dir if log_dir is None else log_dir
         self.writer = writer
 
-    def write(self, records: list) -> None:
+    def write(self, records: Sequence[HostRecord]) -> None:
         for r in records:
             if isinstance(r, HostScalar):
                 self.writer.add_scalar(r.tag, r.value, r.step)
@@ -116,10 +160,10 @@ class TensorBoardSink:
 class Tee:
     """Hands everything to several sinks, e.g. TensorBoard plus a MemorySink kept for plots."""
 
-    def __init__(self, *sinks) -> None:
+    def __init__(self, *sinks: Sink) -> None:
         self.sinks = sinks
 
-    def write(self, records: list) -> None:
+    def write(self, records: Sequence[HostRecord]) -> None:
         for sink in self.sinks:
             sink.write(records)
 
@@ -146,10 +190,10 @@ class Prefixed:
     ``flush`` passes through; ``close`` does not: the wrapped sink belongs to the caller.
     """
 
-    def __init__(self, sink, prefix: str) -> None:
+    def __init__(self, sink: Sink, prefix: str) -> None:
         self.sink, self.prefix = sink, prefix
 
-    def write(self, records: list) -> None:
+    def write(self, records: Sequence[HostRecord]) -> None:
         self.sink.write([dataclasses.replace(r, tag=self.prefix + r.tag) for r in records])
 
     def text(self, tag: str, text: str, step: int = 0) -> None:

@@ -85,6 +85,15 @@ class Scratch:
             picks = self._picks[key] = picks.long().clamp_(max=n - 1)
         return picks
 
+    def generator_states(self) -> Dict[str, torch.Tensor]:
+        """The sampling generators' states, so a resumed run draws the picks an uninterrupted
+        run would have drawn (its histograms then match bitwise)."""
+        return {str(device): gen.get_state() for device, gen in self._generators.items()}
+
+    def set_generator_states(self, states: Dict[str, torch.Tensor]) -> None:
+        for device, state in states.items():
+            self.generator(torch.device(device)).set_state(state.cpu())
+
     def new_step(self) -> None:
         """Draw fresh sample picks from now on."""
         self._picks.clear()

@@ -44,10 +44,12 @@ def main() -> None:
     model, images, values = inputs()
     scan = pair_scan_all_ranks(ctx, model, images, LOSSES["keras"]["categorical"], norms_for=5)
     mine = ctx.shard(values)  # 3 rows each
-    records = [Scalar("activation_zero_fraction/x", 0, zero_fraction(mine)),
-               Histogram("activations/x", 0, histogram(mine)),
-               Scalar("output_grad_norm/x", 0, norm(mine)),
-               Scalar("grad_norm/w", 0, norm(values))]  # identical on every rank: left alone
+    # Each record says how it combines; a rank's output gradient is its own / world size
+    # (GradientStats scales it so), and norms of a tensor split over ranks combine as l2.
+    records = [Scalar("activation_zero_fraction/x", 0, zero_fraction(mine), "mean"),
+               Histogram("activations/x", 0, histogram(mine), "histogram"),
+               Scalar("output_grad_norm/x", 0, norm(mine) / ctx.world_size, "l2"),
+               Scalar("grad_norm/w", 0, norm(values), "same")]  # identical on every rank: left alone
     reduced = reduce_records(records)
     net, rows = relu_net_and_rows()
     dead = DeadUnits().attach(net)
