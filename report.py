@@ -20,8 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
+import models
 import train
 from experiments.mnist import DataError
+from experiments.studies import STUDIES
 from probes.diagnosis import SEVERITIES
 
 # Budgets. The cnn needs confident predictions (target probabilities < 1e-7) before the clip
@@ -44,16 +46,13 @@ BUDGETS = {
               "deep-sigmoid": SHORT, "deep-relu": SHORT, "dense-mlp": SHORT,
               "scaled-conv": ["--train-size", "480", "--test-size", "100", "--log-every", "5"]},
 }
-RUNS = {  # run name -> train.py arguments besides the budget
-    "cnn": ["--model", "cnn", "--loss", "keras"],
-    "cnn-logits": ["--model", "cnn", "--loss", "logits"],
-    "deep-sigmoid": ["--model", "deep-sigmoid"],
-    "deep-relu": ["--model", "deep-relu"],
-    "dense-mlp": ["--model", "dense-mlp"],
-    "scaled-conv": ["--model", "scaled-conv", "--compare"],
-}
-PLOTS = {"deep-sigmoid": "weight_change.png", "deep-relu": "weight_change.png", "dense-mlp": "frozen_inputs.png",
-         "scaled-conv": "loss_by_variant.png"}
+# One run per registered model (models.SPECS), named after it, plus the cnn without the clip
+# as the contrast; run name -> train.py arguments besides the budget.
+EXTRA_ARGS = {"cnn": ["--loss", "keras"], "scaled-conv": ["--compare"]}
+RUNS = {name: ["--model", name, *EXTRA_ARGS.get(name, [])] for name in models.SPECS}
+RUNS["cnn-logits"] = ["--model", "cnn", "--loss", "logits"]
+# run name -> the figure its study writes (experiments/studies.py), copied next to REPORT.md
+PLOTS = {name: STUDIES[name].figure for name in models.SPECS if STUDIES[name].figure}
 
 
 def finding(summary: Dict, fid: str) -> Optional[Dict]:

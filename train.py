@@ -5,7 +5,7 @@
     torchrun --nproc_per_node=2 train.py --model cnn   # DDP; README "Several processes"
 
 Per epoch: train/test loss and accuracy, the probes logged to TensorBoard every
-``--log-every`` steps, and what the model's question needs (experiments/study.py: the
+``--log-every`` steps, and what the model's question needs (experiments/studies.py: the
 cnn's pair scan, weight change, frozen weights, update ratios). At the end a plain-words
 summary, also written to ``<run-dir>/summary.json`` and to TensorBoard, with plots.
 """
@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import math
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
@@ -25,18 +26,19 @@ import models
 from experiments import checkpoint
 from experiments.batches import batches, num_batches
 from experiments.checkpoint import ResumeError
-from experiments.distributed import Context, NullSink, setup, teardown
+from experiments.distributed import Context, setup, teardown
 from experiments.findings import as_json, as_text, findings_for
 from experiments.mnist import DataError, Split, load_mnist
 from experiments.progress import Progress
 from experiments.rundir import RunDirError, new_run_dir, write_json
 from experiments.stopping import Guard, Interrupted, NonFiniteError, StopOnSignal
-from experiments.study import Run, study_for
+from experiments.run import Run
+from experiments.studies import study_for
 from models.keras_weights import KerasWeightsError
 from experiments.tasks import TASKS, Task
 from models.losses import LOSSES
 from models.optimizers import OPTIMIZERS
-from probes import TensorBoardSink, suspended
+from probes import NullSink, Sink, TensorBoardSink, suspended
 from probes.distributed import reduce_state
 from probes.records import HostScalar
 
@@ -132,24 +134,37 @@ def positive_float(text: str) -> float:
     return value
 
 
+def recipe_defaults(key: str) -> str:
+    """One training flag's default for every model, from its recipe: "cnn 128, deep-sigmoid 100, ..."."""
+    return ", ".join(f"{name} {getattr(spec.recipe, key)}" for name, spec in models.SPECS.items())
+
+
+def model_list() -> str:
+    """The end of --help: each model with its one line from models.SPECS."""
+    width = max(map(len, models.SPECS))
+    return "models:\n" + "\n".join(
+        textwrap.fill(spec.help, 79, initial_indent=f"  {name:<{width}}  ", subsequent_indent=" " * (width + 4),
+                      break_on_hyphens=False)
+        for name, spec in models.SPECS.items())
+
+
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    p = _Parser(prog="train.py", description=__doc__.splitlines()[0])
-    p.add_argument("--model", choices=sorted(models.MODELS), help="which port to train (required, except with "
-                   "--resume)")
+    p = _Parser(prog="train.py", description=__doc__.splitlines()[0], epilog=model_list(),
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", choices=sorted(models.SPECS), help="which port to train (required, except with "
+                   "--resume; listed below)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its checkpoint, with the "
                    "arguments it was started with (default: start a new run)")
     p.add_argument("--keep-going", action="store_true", help="train on after a NaN/Inf appears, instead of stopping "
                    "with the last good checkpoint (default: stop)")
-    g = p.add_argument_group("training (defaults: the model's original recipe, models/__init__.py RECIPES)")
+    g = p.add_argument_group("training (defaults: the model's original recipe, models/registry.py)")
     g.add_argument("--loss", choices=sorted(LOSSES), help="keras (=keras2): clipped probabilities, as Keras 2; "
-                   "logits (=keras3): from logits (default: the original's: keras, deep-*: logits)")
-    g.add_argument("--epochs", type=positive_int, help="epochs (default: the original's, cnn: 2, others: 1)")
-    g.add_argument("--batch-size", type=positive_int, help="batch size (default: cnn 128, deep-* 100, "
-                   "dense-mlp 128, scaled-conv 32)")
-    g.add_argument("--optimizer", choices=OPTIMIZERS, help="optimizer (default: cnn adadelta, deep-* momentum, "
-                   "dense-mlp rmsprop, scaled-conv adam; all as Keras 2 / Theano ran them)")
-    g.add_argument("--lr", type=positive_float, help="learning rate (default: cnn 1.0, deep-* 0.01, dense-mlp 0.001, "
-                   "scaled-conv 0.001)")
+                   f"logits (=keras3): from logits (default: {recipe_defaults('loss')})")
+    g.add_argument("--epochs", type=positive_int, help=f"epochs (default: {recipe_defaults('epochs')})")
+    g.add_argument("--batch-size", type=positive_int, help=f"batch size (default: {recipe_defaults('batch_size')})")
+    g.add_argument("--optimizer", choices=OPTIMIZERS, help=f"optimizer (default: {recipe_defaults('optimizer')}; "
+                   "all as Keras 2 / Theano ran them)")
+    g.add_argument("--lr", type=positive_float, help=f"learning rate (default: {recipe_defaults('lr')})")
     g.add_argument("--seed", type=int, default=0, help="seed for init, dropout and batch order (default: 0)")
     g = p.add_argument_group("scaled-conv")
     g.add_argument("--variant", type=int, choices=(1, 2, 3), help="which parameterisation to train (default: 1)")
@@ -194,7 +209,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         p.error("--compare trains all three variants; leave out --variant")
     if args.init_from_keras and args.compare:
         p.error("--init-from-keras starts one model; it cannot be combined with --compare")
-    recipe = models.RECIPES[args.model]
+    recipe = models.SPECS[args.model].recipe
     for key in ("loss", "epochs", "batch_size", "optimizer", "lr"):
         if getattr(args, key) is None:
             setattr(args, key, getattr(recipe, key))
@@ -264,7 +279,8 @@ def run(args: argparse.Namespace, ctx: Optional[Context] = None) -> Dict:
     loss_fn = LOSSES[args.loss][task.loss_kind]
     study = study_for(args, train_split, test_split, device)
     # A resume redoes the steps after the checkpoint: TensorBoard hides what was logged there before.
-    sink = TensorBoardSink(str(run_dir), purge_step=saved["step"] if resuming else None) if ctx.is_main else NullSink()
+    sink: Sink = (TensorBoardSink(str(run_dir), purge_step=saved["step"] if resuming else None) if ctx.is_main
+                  else NullSink())
     runs = study.make_runs(sink)
     if not resuming and keras_state is not None:
         runs[0].model.load_state_dict(keras_state)

@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from .study import Run
+from .run import Run
 
 CHECKPOINT = "checkpoint.pt"
 FORMAT = 1

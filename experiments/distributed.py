@@ -15,7 +15,7 @@ How the work is split, so that N processes train the same model as one process w
   not split evenly.
 * Evaluation and the cnn's pair scan split their images by rank and sum or gather.
 * Only rank 0 writes: run directory, TensorBoard, summary, plots. Other ranks print
-  nothing to stdout and log to a :class:`NullSink`.
+  nothing to stdout and log to a :class:`probes.NullSink`.
 """
 from __future__ import annotations
 
@@ -30,25 +30,6 @@ import torch.distributed as dist
 from torch import nn
 
 from .mnist import DataError, Split
-
-
-class NullSink:
-    """A sink that drops everything: the other ranks' probes still measure and reduce."""
-
-    def write(self, records: list) -> None:
-        pass
-
-    def text(self, tag: str, text: str, step: int = 0) -> None:
-        pass
-
-    def image(self, tag: str, png: bytes, step: int = 0) -> None:
-        pass
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 def bounds(n: int, world_size: int, rank: int) -> tuple:

@@ -6,7 +6,7 @@ from typing import Any, Dict, List
 
 from probes.diagnosis import Finding, compare_update_ratios, diagnose, report
 
-from .study import Run
+from .run import Run
 
 
 def findings_for(runs: List[Run], facts: Dict[str, Any]) -> List[Finding]:

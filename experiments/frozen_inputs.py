@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
 from probes import DeadInputs, FrozenWeights, Probe
+from probes.sinks import Sink
 
 from .plots import frozen_inputs_figure
-from .study import Run, Study
+from .run import Run
+from .study import Study
 
 
 def relation(frozen: set, zero: set) -> str:
@@ -31,10 +33,12 @@ def relation(frozen: set, zero: set) -> str:
 class FrozenInputsStudy(Study):
     """Attach :class:`probes.FrozenWeights` and :class:`probes.DeadInputs`; compare their sets."""
 
+    figure = "frozen_inputs.png"
+
     def probes(self) -> List[Probe]:
         return [FrozenWeights(), DeadInputs()]
 
-    def finish(self, runs: List[Run], run_dir: Path, sink: Any) -> Tuple[Dict[str, Any], str]:
+    def finish(self, runs: List[Run], run_dir: Path, sink: Sink) -> Tuple[Dict[str, Any], str]:
         run = runs[0]
         frozen_probe, dead = run.monitor["frozen"].summary(), run.monitor["dead_inputs"].summary()
         inputs = frozen_probe["first_layer_inputs"]
@@ -50,7 +54,7 @@ class FrozenInputsStudy(Study):
         steps = run.monitor.global_step
         zero_set, frozen_set = set(zero), set(frozen)
         png = frozen_inputs_figure([i in frozen_set for i in range(inputs)], [i in zero_set for i in range(inputs)])
-        (run_dir / "frozen_inputs.png").write_bytes(png)
+        (run_dir / self.figure).write_bytes(png)
         sink.image("frozen_inputs", png, steps)
         n = dead["examples"]
         if how == "equal":

@@ -8,15 +8,23 @@ from __future__ import annotations
 import io
 from typing import Dict, List, Sequence, Tuple
 
-import matplotlib
-
-matplotlib.use("Agg")  # before pyplot: draw to memory, never to a window
-import matplotlib.pyplot as plt  # noqa: E402
-
 Series = List[Tuple[int, float]]  # (step, value), as MemorySink keeps them
 
 
+def _pyplot():
+    """matplotlib.pyplot on the Agg backend, imported when a figure is drawn: train.py imports
+    every study (experiments/studies.py) and its --help or a bad argument should not wait ~0.5 s
+    for matplotlib."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # before pyplot: draw to memory, never to a window
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def _png(fig) -> bytes:
+    plt = _pyplot()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
@@ -29,6 +37,7 @@ def _xy(series: Series) -> Tuple[List[int], List[float]]:
 
 def weight_change_figure(layers: Dict[str, Series], loss: Series, title: str) -> bytes:
     """The vanishing-gradient question's figure: mean |dW| per layer per step, above the cost."""
+    plt = _pyplot()
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 7), sharex=True, gridspec_kw={"height_ratios": [3, 2]})
     for i, (name, series) in enumerate(layers.items(), 1):
         top.plot(*_xy(series), label=f"layer {i} ({name})", linewidth=1)
@@ -49,6 +58,7 @@ TITLES = ("first-layer rows never changed", "pixels 0 in every image")
 def frozen_inputs_figure(frozen: Sequence[bool], always_zero: Sequence[bool], side: int = 28,
                          titles: Tuple[str, str] = TITLES) -> bytes:
     """Two side x side maps: first-layer rows that never changed, pixels that were always 0."""
+    plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(8, 4.3))
     for ax, mask, title in zip(axes, (frozen, always_zero), titles):
         grid = [[float(mask[r * side + c]) for c in range(side)] for r in range(side)]
@@ -62,6 +72,7 @@ def frozen_inputs_figure(frozen: Sequence[bool], always_zero: Sequence[bool], si
 
 def compare_figure(losses: Dict[str, Series], title: str) -> bytes:
     """Training loss against step, one curve per variant."""
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for i, (name, series) in enumerate(losses.items()):
         # the third dashed: scaled-conv's variants 2 and 3 train identically and would hide each other
@@ -80,6 +91,7 @@ def zero_gradient_figure(log10_prob: Sequence[float], all_zero: Sequence[bool], 
     pairs with an all-zero gradient in red, Keras 2's clip edges as dashed lines."""
     import math
 
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     zero = [p for p, z in zip(log10_prob, all_zero) if z]
     other = [p for p, z in zip(log10_prob, all_zero) if not z]

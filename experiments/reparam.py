@@ -15,9 +15,11 @@ import torch
 
 from models.scaled_conv import ScaledConvNet
 from probes import UpdateRatio, suspended
+from probes.sinks import Sink
 
 from .plots import compare_figure
-from .study import Run, Study, make_run
+from .run import Run, make_run
+from .study import Study
 from .tasks import TASKS
 
 INIT_CHECK_IMAGES = 256  # training images on which the variants' outputs at step 0 are compared
@@ -27,9 +29,10 @@ LAST_STEPS = 50  # final_train_loss: mean training loss of the last steps
 class ReparamStudy(Study):
     """``--variant N`` trains one variant; ``--compare`` trains 1, 2, 3 on the same batches."""
 
+    figure = "loss_by_variant.png"  # with --compare
     max_abs_output_diff_at_init = float("nan")
 
-    def make_runs(self, sink: Any) -> List[Run]:
+    def make_runs(self, sink: Sink) -> List[Run]:
         base = ScaledConvNet(variant=1)  # the one random init all variants share
         variants = (1, 2, 3) if self.args.compare else (self.args.variant,)
         runs = []
@@ -49,7 +52,7 @@ class ReparamStudy(Study):
             outputs = [torch.sigmoid(net(x)) for net in nets]
         return max(float((out - outputs[0]).abs().max()) for out in outputs)
 
-    def finish(self, runs: List[Run], run_dir: Path, sink: Any) -> Tuple[Dict[str, Any], str]:
+    def finish(self, runs: List[Run], run_dir: Path, sink: Sink) -> Tuple[Dict[str, Any], str]:
         steps = runs[0].monitor.global_step
         variants = {}
         for r in runs:
@@ -71,7 +74,7 @@ class ReparamStudy(Study):
                 f"(--compare trains all three side by side)")
         png = compare_figure({f"variant {label}": r.memory.scalars["train/loss"] for label, r in zip(variants, runs)},
                              "scaled-conv: the same function at step 0, three parameterisations")
-        (run_dir / "loss_by_variant.png").write_bytes(png)
+        (run_dir / self.figure).write_bytes(png)
         sink.image("loss_by_variant", png, steps)
         facts = {"variants": variants, "max_abs_output_diff_at_init": self.max_abs_output_diff_at_init}
         return facts, self.describe(variants, steps)

@@ -12,7 +12,7 @@ import sys
 import threading
 from typing import Any, Dict, List, Optional
 
-from .study import Run
+from .run import Run
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 

@@ -10,11 +10,14 @@ from torch import nn
 
 from models.losses import KERAS_EPSILON, LOSSES, keras_probabilities, target_probability_clipped
 from probes.pair_scan import LossFn, pair_scan
+from probes.records import HostScalar
+from probes.sinks import Sink, TensorBoardSink
 
 from .batches import to_float
 from .distributed import Context, pair_scan_all_ranks
 from .plots import zero_gradient_figure
-from .study import Run, Study
+from .run import Run
+from .study import Study
 
 
 def scan_zero_gradients(model: nn.Module, images: torch.Tensor, loss_fn: LossFn, norms_for: int = 0,
@@ -61,11 +64,15 @@ def describe(facts: Dict[str, Any], loss: str) -> str:
             f"{facts['clipped_but_not_all_zero']} clipped pairs still have a gradient")
 
 
-def log_scan(sink: Any, scan: Dict, step: int) -> None:
-    """Pair-scan facts as scalars, the target-probability spread and norms as histograms."""
+def log_scan(sink: Sink, scan: Dict, step: int) -> None:
+    """Pair-scan facts as scalars; on TensorBoard also the target-probability spread and norms as
+    histograms (``add_histogram`` bins raw values, which a :class:`probes.sinks.Sink` does not take)."""
+    facts = scan["facts"]
+    sink.write([HostScalar("pair_scan/all_zero_fraction", step, facts["all_zero_fraction"]),
+                HostScalar("pair_scan/clipped_fraction", step, facts["clipped"] / facts["pairs"])])
+    if not isinstance(sink, TensorBoardSink):
+        return
     w = sink.writer
-    w.add_scalar("pair_scan/all_zero_fraction", scan["facts"]["all_zero_fraction"], step)
-    w.add_scalar("pair_scan/clipped_fraction", scan["facts"]["clipped"] / scan["facts"]["pairs"], step)
     w.add_histogram("pair_scan/log10_target_prob", scan["target_prob"].clamp_min(1e-45).log10().cpu(), step)
     for layer, norms in scan["result"].layer_norms.items():
         w.add_histogram(f"pair_scan_grad_norm/{layer}", norms.cpu(), step)
@@ -74,12 +81,14 @@ def log_scan(sink: Any, scan: Dict, step: int) -> None:
 class ZeroGradStudy(Study):
     """cnn: after every epoch, pair-scan the first ``--scan-images`` test images."""
 
+    figure = "zero_gradients.png"
+
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         self.images = to_float(self.test.images[: self.args.scan_images]).to(self.device)
         self.scan: Dict[str, Any] = {}
 
-    def after_epoch(self, runs: List[Run], step: int, sink: Any) -> str:
+    def after_epoch(self, runs: List[Run], step: int, sink: Sink) -> str:
         loss_fn = LOSSES[self.args.loss]["categorical"]
         ctx = Context.current(self.device)  # several processes: the scan covers every rank's share
         self.scan = scan_zero_gradients(runs[0].model, self.images, loss_fn, self.args.scan_norm_images, ctx)
@@ -87,13 +96,13 @@ class ZeroGradStudy(Study):
             log_scan(sink, self.scan, step)
         return f"pair scan: {describe(self.scan['facts'], self.args.loss)}"
 
-    def finish(self, runs: List[Run], run_dir: Path, sink: Any) -> Tuple[Dict[str, Any], str]:
+    def finish(self, runs: List[Run], run_dir: Path, sink: Sink) -> Tuple[Dict[str, Any], str]:
         text = describe(self.scan["facts"], self.args.loss)
         facts, step = self.scan["facts"], runs[0].monitor.global_step
         log10_prob = self.scan["target_prob"].clamp_min(1e-45).log10().flatten().tolist()
         png = zero_gradient_figure(log10_prob, self.scan["result"].all_zero.flatten().tolist(), facts["eps"],
                                    f"{facts['all_zero']} of {facts['pairs']} pairs have an exactly-zero gradient "
                                    f"(--loss {self.args.loss})")
-        (run_dir / "zero_gradients.png").write_bytes(png)
+        (run_dir / self.figure).write_bytes(png)
         sink.image("zero_gradients", png, step)
         return {"pair_scan": self.scan["facts"], "pair_scan_text": text}, text
