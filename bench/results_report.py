@@ -1,19 +1,18 @@
-"""RESULTS.md from a results.json of bench/run.py: machine, ratios, goals met or not and why."""
+"""RESULTS.md from a results.json of bench/run.py: machine, ratios, goals met or not and why.
+
+    python bench/results_report.py bench/results.json   # rewrite RESULTS.md beside it
+"""
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Dict, List
 
-from probes.activations import HIST_SAMPLE
+if __package__ in (None, ""):  # run as a script: the repository's packages, bench among them
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-TITLES = {
-    "probe_overhead_default": "Probe overhead, default interval (100)",
-    "probe_overhead_every_step": "Probe overhead, logging every step",
-    "peak_rss_ratio": "Peak RSS, probes / none",
-    "pair_flags_speedup_vs_loop": "Pair scan flags, speed-up vs one pair at a time",
-    "pair_norms_vs_batched": "Pair scan norms / batched fwd+bwd",
-    "train_vs_bare_loop": "train.py loop / bare loop (images/s)",
-    "train_gflops_fraction_of_matmul": "Training GFLOP/s / matmul GFLOP/s",
-}
+from bench.results import RATIOS  # noqa: E402
+from probes.activations import HIST_SAMPLE  # noqa: E402
 
 
 def _s(spread: Dict, unit: str = "", digits: int = 3) -> str:
@@ -48,12 +47,12 @@ def write_report(r: Dict) -> str:
         "| ratio | key | median (min-max, repeats) | goal | met |",
         "| --- | --- | --- | --- | --- |",
     ]
-    for key, title in TITLES.items():
-        goal = r["goals"][key]
+    for ratio in RATIOS:
+        goal = r["goals"][ratio.key]
         met = "-" if goal["met"] is None else ("yes" if goal["met"] else "**no**")
-        digits = 1 if key == "pair_flags_speedup_vs_loop" else 3
-        lines.append(f"| {title} | `{key}` | {_s(r['spread'][key], digits=digits)} | {goal['goal'] or '-'} | {met} |")
-    close = [key for key in TITLES if _straddles(r, key)]
+        lines.append(f"| {ratio.title} | `{ratio.key}` | {_s(r['spread'][ratio.key], digits=ratio.digits)} | "
+                     f"{goal['goal'] or '-'} | {met} |")
+    close = [ratio.key for ratio in RATIOS if _straddles(r, ratio.key)]
     if close:
         lines += ["", "Within noise of the goal (the spread of repeats crosses it, so another run on this shared "
                   "machine may land on the other side): " + ", ".join(f"`{k}`" for k in close) + "."]
@@ -92,15 +91,14 @@ def write_report(r: Dict) -> str:
         "and MNIST memory of the process, as a user's training process would"
         + ("; below 1, the probes cannot have lowered it (they add buffers, never free the model's): the ratio "
            "then shows how much peak RSS varies between processes" if mem_ratio(r) < 1 else "") + ". Growth: "
-        f"{mem['growth_method']}. From step {mem['growth_from_step']} on, RSS stays between {mem['rss_band_mb'][0]} "
-        f"and {mem['rss_band_mb'][1]} MB (the allocator's ups and downs), and a least-squares line through it rises "
-        f"{mem['growth_mb']} MB over the run{' (under 2% of RSS: no growth)' if abs(mem['growth_mb']) <= 0.02 * mem['rss_band_mb'][0] else ' (more than 2% of RSS)'}. "
+        f"{mem['growth_method']}. " + _growth(mem)
         + ("The run is shorter than 2,000 steps in this mode; the full run (`python bench/run.py`) does 2,000. "
            if mem["growth_steps"] < 2000 else "")
         + "The growth run uses batch "
         f"{r['sizes']['growth_batch']} so that 2,000 steps fit in the time budget: a leak in the probes would grow "
         "per step or per log, not per image. RSS trace (step, MB): "
-        + ", ".join(f"{s}: {v}" for s, v in mem["rss_trace_mb"][:: max(1, len(mem["rss_trace_mb"]) // 10)]) + ".",
+        + (", ".join(f"{s}: {v}" for s, v in mem["rss_trace_mb"][:: max(1, len(mem["rss_trace_mb"]) // 10)]) or "none")
+        + ".",
         "",
         f"**Pair scan flags** ({ps['method']}). The one-pair loop (forward+backward of one image and target, then "
         f"checking every parameter gradient for zeros) takes {_s(ps['loop_seconds_per_pair'], ' s', 5)} a pair, "
@@ -184,8 +182,21 @@ def _straddles(r: Dict, key: str) -> bool:
     return r["spread"][key]["min"] <= value <= r["spread"][key]["max"]
 
 
+def _growth(mem: Dict) -> str:
+    """The growth run's sentence: the RSS band and the fitted line's rise, when the trace has
+    the two points a line needs (a short run, or none, may not)."""
+    if mem["growth_mb"] is None:  # the line is fitted from growth_from_step on
+        first = mem["growth_from_step"]
+        points = sum(1 for step, _ in mem["rss_trace_mb"] if first is not None and step >= first)
+        return f"The RSS trace has {points} point{'' if points == 1 else 's'} to fit a line through: too few. "
+    low, high = mem["rss_band_mb"]
+    verdict = " (under 2% of RSS: no growth)" if abs(mem["growth_mb"]) <= 0.02 * low else " (more than 2% of RSS)"
+    return (f"From step {mem['growth_from_step']} on, RSS stays between {low} and {high} MB (the allocator's ups and "
+            f"downs), and a least-squares line through it rises {mem['growth_mb']} MB over the run{verdict}. ")
+
+
 def _compile_with_probes(wp: Dict) -> str:
-    """What torch.compile did with train.py's probes attached (bench/run.py try_compile)."""
+    """What torch.compile did with train.py's probes attached (bench/benchmarks/torch_compile.py)."""
     if "error" in wp:
         return f"With train.py's probes attached before compiling it failed: {wp['error']}."
     return (f"With train.py's probes attached before compiling (logging steps eager, the steps between logs "
@@ -210,10 +221,8 @@ def goal_unmet(r: Dict, key: str) -> bool:
     return r["goals"][key]["met"] is False
 
 
-if __name__ == "__main__":  # rewrite RESULTS.md from a results.json: python bench/results_report.py bench/results.json
+if __name__ == "__main__":
     import json
-    import sys
-    from pathlib import Path
 
     source = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).with_name("results.json"))
     source.with_name("RESULTS.md").write_text(write_report(json.loads(source.read_text())))

@@ -1,0 +1,94 @@
+"""results.json: the fixed ratios (one table of key, where it is measured, goal and title), the
+machine, and the printed table.
+
+The top-level keys of results.json are a public contract, checked from outside: a ratio's
+``key`` here is its name there.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass
+from typing import Dict, Optional, Tuple
+
+import torch
+
+from .sizes import Sizes
+
+
+@dataclass(frozen=True)
+class Ratio:
+    key: str
+    benchmark: str  # the section of details["cpu"] that measures it
+    goal: Optional[Tuple[str, float]]  # (comparison, value) from the issue; None: reported without a goal
+    title: str  # its row in RESULTS.md
+    digits: int = 3  # decimals in RESULTS.md
+
+
+RATIOS = (
+    Ratio("probe_overhead_default", "probe_overhead", ("<=", 1.02), "Probe overhead, default interval (100)"),
+    Ratio("probe_overhead_every_step", "probe_overhead", ("<=", 1.3), "Probe overhead, logging every step"),
+    Ratio("peak_rss_ratio", "memory", ("<=", 1.10), "Peak RSS, probes / none"),
+    Ratio("pair_flags_speedup_vs_loop", "pair_scan", (">=", 50.0), "Pair scan flags, speed-up vs one pair at a time",
+          digits=1),
+    Ratio("pair_norms_vs_batched", "pair_scan", ("<=", 1.5), "Pair scan norms / batched fwd+bwd"),
+    Ratio("train_vs_bare_loop", "throughput", (">=", 0.97), "train.py loop / bare loop (images/s)"),
+    Ratio("train_gflops_fraction_of_matmul", "throughput", None, "Training GFLOP/s / matmul GFLOP/s"),
+)
+
+
+def goal(ratio: Ratio, value: float) -> Dict:
+    """results.json's ``goals`` entry: the goal as text, and whether ``value`` meets it (None: no goal)."""
+    if ratio.goal is None:
+        return {"goal": None, "met": None}
+    op, target = ratio.goal
+    return {"goal": f"{op} {target}", "met": value <= target if op == "<=" else value >= target}
+
+
+def machine() -> Dict:
+    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "cpu_count": os.cpu_count()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        info["cpu"] = names[0] if names else platform.processor()
+        with open("/proc/meminfo") as f:
+            info["memory_gb"] = round(int(f.readline().split()[1]) / 2**20, 1)
+    except OSError:
+        info["cpu"] = platform.processor()
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def assemble(details: Dict, mode: str, sizes: Sizes, started: float, load_start: float, threads_default: int) -> Dict:
+    """results.json: the CPU run's ratios (medians) first, then their goals, the run's
+    circumstances, each ratio's spread and all details."""
+    picked = {r.key: details["cpu"][r.benchmark][r.key] for r in RATIOS}
+    return {
+        **{key: s["median"] for key, s in picked.items()},
+        "goals": {r.key: goal(r, picked[r.key]["median"]) for r in RATIOS},
+        "mode": mode,
+        "sizes": asdict(sizes),
+        "machine": machine(),
+        "torch": torch.__version__,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "threads_default": threads_default,
+        "load_average_start_end": [round(load_start, 2), round(os.getloadavg()[0], 2)],
+        "seconds": round(time.time() - started, 1),
+        "spread": picked,
+        "details": details,
+    }
+
+
+def table(results: Dict) -> str:
+    """The ratios as printed at the end of a run."""
+    rows = [f"{'ratio':34} {'median':>9} {'min':>9} {'max':>9}  goal      met"]
+    for r in RATIOS:
+        s = results["spread"][r.key]
+        g = results["goals"][r.key]
+        met = "-" if g["met"] is None else ("yes" if g["met"] else "NO")
+        rows.append(f"{r.key:34} {s['median']:9.3f} {s['min']:9.3f} {s['max']:9.3f}  {g['goal'] or '':9} {met}")
+    return "\n".join(rows)
