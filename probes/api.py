@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from .activations import ActivationStats
-from .base import Probe
+from .base import Probe, expect_module
 from .dead_input import DeadInputs
 from .dead_units import DeadUnits
 from .frozen import FrozenWeights
@@ -61,8 +61,14 @@ def watch(model: nn.Module, log_dir: Optional[str] = None, every: Union[int, Sch
             needs no call (``monitor.log_loss(loss)`` adds the loss curve); otherwise call
             ``monitor.step(loss)`` after each ``optimizer.step()``.
     """
-    owns_sink = sink is None
+    expect_module(model)
+    monitor = Monitor(make_probes(probes), sink=sink, every=every)
+    monitor.attach(model, optimizer=optimizer)  # before any writer or file exists: a failure leaves nothing
     if sink is None:
-        sink = TensorBoardSink(log_dir) if log_dir is not None else MemorySink()
-    monitor = Monitor(make_probes(probes), sink=sink, every=every, close_sink=owns_sink)
-    return monitor.attach(model, optimizer=optimizer)
+        try:
+            monitor.sink = TensorBoardSink(log_dir) if log_dir is not None else MemorySink()
+        except BaseException:
+            monitor.detach()
+            raise
+        monitor.close_sink = True
+    return monitor

@@ -85,7 +85,10 @@ class Probe:
         self._logging = False
         self.step = 0
         self._records: List[Record] = []
-        self._calls: Dict[str, int] = {}
+        self._model_passes = 0  # training passes of the whole model in this step
+        self._forwarded: Dict[tuple, int] = {}  # (module id, pre-hook?) -> training calls this step
+        self._recomputed: Dict[tuple, int] = {}  # the same, made again by activation checkpointing
+        self._call_index = 0
         self._scratch: Optional[stats.Scratch] = None
         for attr, how in self.state.items():
             if how not in STATE_REDUCTIONS:
@@ -93,14 +96,19 @@ class Probe:
 
     # -- attach / detach -------------------------------------------------------------
     def attach(self, model: nn.Module) -> "Probe":
-        """Register this probe's hooks on ``model``; use as ``with probe.attach(model): ...``."""
+        """Register this probe's hooks on ``model``; use as ``with probe.attach(model): ...``.
+
+        A ``torch.compile``'d or DistributedDataParallel model is attached through to the
+        module it wraps, so tags are the model's own names either way."""
+        expect_module(model)
         if self._model is not None:
             raise ProbeError(
                 f"{type(self).__name__} is already attached to a {type(self._model).__name__}; "
                 "detach() it before attaching it again"
             )
+        model = unwrap(model)
         self._model = model
-        self._records, self._calls = [], {}
+        self._records = []
         try:
             self._on_attach(model)
         except BaseException:
@@ -142,14 +150,15 @@ class Probe:
         return self._model is not None and not is_suspended()
 
     def _forward_hook(self, module: nn.Module, fn: Callable[..., None], armed: bool = False) -> None:
-        """Call ``fn(module, inputs, output)`` after each training forward pass of ``module``.
-        ``armed``: only on logging steps (register it in :meth:`_on_arm`)."""
-        self._register(module.register_forward_hook(partial(self._guard_forward, fn)), armed)
+        """Call ``fn(module, inputs, output)`` after each training forward call of ``module``
+        (see :meth:`_guard_forward`). ``armed``: only on logging steps (register it in
+        :meth:`_on_arm`), and only in the step's first training pass of the model."""
+        self._register(module.register_forward_hook(partial(self._guard_forward, fn, False, armed)), armed)
 
     def _forward_pre_hook(self, module: nn.Module, fn: Callable[..., None], armed: bool = False,
                           with_kwargs: bool = False) -> None:
-        """Call ``fn(module, args[, kwargs])`` before each training forward pass of ``module``."""
-        hook = partial(self._guard_forward, fn)
+        """Call ``fn(module, args[, kwargs])`` before each training forward call of ``module``."""
+        hook = partial(self._guard_forward, fn, True, armed)
         self._register(module.register_forward_pre_hook(hook, with_kwargs=with_kwargs), armed)
 
     def _grad_hook(self, param: torch.Tensor, fn: Callable[..., None], armed: bool = False) -> None:
@@ -159,19 +168,51 @@ class Probe:
     def _register(self, handle: Any, armed: bool) -> None:
         (self._step_handles if armed else self._handles).append(handle)
 
-    def _guard_forward(self, fn: Callable[..., None], *args: Any) -> None:
-        if self.measuring and torch.is_grad_enabled():
-            fn(*args)
+    def _on_model_call(self, module: nn.Module, args: tuple) -> None:
+        if self.measuring and not in_backward() and torch.is_grad_enabled() and module.training:
+            self._model_passes += 1
+
+    def _guard_forward(self, fn: Callable[..., None], pre: bool, armed: bool, module: nn.Module, *args: Any) -> None:
+        """Run a forward hook's measurement only for a module call of training:
+
+        * not under ``no_grad``/``inference_mode`` and not with the model in ``eval()``:
+          evaluation passes are not training, whenever they run;
+        * a call that activation checkpointing makes again during backward (recomputation)
+          only if the forward pass did not measure it: ``use_reentrant=False`` runs the
+          forward with gradients (measured then, recomputation skipped), ``use_reentrant=True``
+          runs it under ``no_grad`` (skipped then, measured in the recomputation);
+        * for armed (logging-step) hooks, only in the step's first training pass of the model,
+          so that gradient accumulation's later micro-batches do not add ``#k`` series.
+
+        The call's index among this step's calls of the module (a module called twice per
+        forward) is left in ``self._call_index`` for :meth:`_call_name`.
+        """
+        if not self.measuring:
+            return
+        key = (id(module), pre)
+        if in_backward():
+            done = self._recomputed.get(key, 0) + 1
+            self._recomputed[key] = done
+            if done <= self._forwarded.get(key, 0):
+                return
+            index = done - 1
+        elif torch.is_grad_enabled() and self._model.training:
+            index = self._forwarded.get(key, 0)
+            self._forwarded[key] = index + 1
+        else:
+            return
+        if armed and self._model_passes > 1:
+            return
+        self._call_index = index
+        fn(module, *args)
 
     def _guard_backward(self, fn: Callable[..., None], *args: Any) -> None:
         if self.measuring:
             fn(*args)
 
     def _call_name(self, name: str) -> str:
-        """``name``, or ``name#k`` for the (k+1)-th call of the same module in this step."""
-        calls = self._calls.get(name, 0)
-        self._calls[name] = calls + 1
-        return tags.call_name(name, calls)
+        """``name``, or ``name#k`` for the (k+1)-th call of the same module in this step's pass."""
+        return tags.call_name(name, self._call_index)
 
     # -- records -------------------------------------------------------------------------
     @property
@@ -212,13 +253,17 @@ class Probe:
         """Called before a step's forward pass; ``logging`` says whether it will be logged."""
         self.step = step
         self._logging = logging
-        self._calls.clear()
+        self._model_passes = 0
+        self._forwarded.clear()
+        self._recomputed.clear()
         if not logging:
             self._disarm()
             if self._scratch is not None:
                 self._scratch.release()
         elif self._model is not None and not self._step_handles:
             self._on_arm(self._model)
+            if self._step_handles:  # armed hooks measure the step's first training pass only
+                self._step_handles.append(self._model.register_forward_pre_hook(self._on_model_call))
         self._on_start(step, logging)
 
     def end_step(self, step: int) -> None:
@@ -302,6 +347,34 @@ def _record_from_state(t: tuple) -> Record:
     if kind == "scalar":
         return Scalar(tag, step, value, reduce)
     return Histogram(tag, step, stats.Hist(*value), reduce)
+
+
+def in_backward() -> bool:
+    """Whether autograd's engine is running a backward pass now (where a forward call can only
+    be activation checkpointing's recomputation)."""
+    task = getattr(torch._C, "_current_graph_task_id", None)
+    return task is not None and task() != -1
+
+
+def expect_module(model: Any) -> None:
+    """A clear error, before anything is registered or opened, when ``model`` is not a module."""
+    if not isinstance(model, nn.Module):
+        what = f"{type(model).__name__} {model!r}" if isinstance(model, str) else type(model).__name__
+        raise TypeError(f"probes attach to a torch.nn.Module (the model itself), not a {what}"
+                        + ("; pass the module that owns these parameters" if isinstance(model, (list, tuple))
+                           else ""))
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The user's module inside ``torch.compile``'s and DistributedDataParallel's wrappers."""
+    while True:
+        inner = getattr(model, "_orig_mod", None)
+        if isinstance(inner, nn.Module):
+            model = inner
+        elif isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
 
 
 def leaf_modules(model: nn.Module) -> Iterator[tuple]:

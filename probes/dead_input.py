@@ -22,7 +22,9 @@ class DeadInputs(Probe):
     :func:`probes.base.first_weight_layer`), or on the layer named by ``layer``
     (``layer=""`` is the model's own input). For a Linear layer a feature is an entry of
     the last dimension (every other dimension counts as examples); otherwise a feature is
-    everything but the batch dimension, e.g. ``(C, H, W)`` for a Conv. Every training
+    everything but the batch dimension, e.g. ``(C, H, W)`` for a Conv; for an ``nn.Embedding``
+    a feature is a vocabulary row (a token id: "always zero" is a token that never occurred,
+    as :class:`probes.FrozenWeights` counts embedding rows), and an example is a sequence. Every training
     forward pass is counted, not only logging steps: one ``any`` over the batch into a bool
     accumulator on the device, no host sync. Passes with gradients disabled (evaluation
     under ``torch.no_grad``) and passes inside :func:`probes.suspended` are not counted, nor
@@ -44,7 +46,19 @@ class DeadInputs(Probe):
     def _on_attach(self, model: nn.Module) -> None:
         self.seen_nonzero, self.examples, self.skipped = None, 0, 0  # counts are per attach
         self.layer, module = first_weight_layer(model, self.layer_name)
-        self._forward_pre_hook(module, partial(self._on_input, isinstance(module, nn.Linear)))
+        if isinstance(module, nn.Embedding):
+            self._forward_pre_hook(module, self._on_tokens)
+        else:
+            self._forward_pre_hook(module, partial(self._on_input, isinstance(module, nn.Linear)))
+
+    def _on_tokens(self, module: nn.Embedding, inputs: Any) -> None:
+        ids = first_tensor(inputs)
+        if ids is None:
+            return
+        if self.seen_nonzero is None:
+            self.seen_nonzero = torch.zeros(module.num_embeddings, dtype=torch.bool, device=ids.device)
+        self.seen_nonzero.index_fill_(0, ids.detach().reshape(-1), True)
+        self.examples += ids.shape[0] if ids.dim() > 1 else 1
 
     def _on_input(self, per_feature_last: bool, module: nn.Module, inputs: Any) -> None:
         x = first_tensor(inputs)

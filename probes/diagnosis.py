@@ -96,20 +96,22 @@ def report(findings: Sequence[Finding]) -> str:
 
 
 def diagnose(summary: Optional[Mapping[str, Any]] = None, *, scalars: Optional[Mapping[str, Series]] = None,
-             model: Optional[nn.Module] = None, pair_scan: Optional[Mapping[str, Any]] = None) -> List[Finding]:
+             model: Optional[nn.Module] = None, pair_scan: Optional[Mapping[str, Any]] = None,
+             weight_order: Optional[Sequence[str]] = None) -> List[Finding]:
     """Run every rule on one training run's statistics.
 
     Args:
         summary: ``Monitor.summary()``: ``{probe name: probe.summary()}``.
         scalars: ``MemorySink.scalars`` of the run: ``{tag: [(step, value), ...]}``.
         model: the trained model, for the order of its weight matrices (input first); without
-            it the order of the WeightChange / UpdateRatio summaries is used.
+            it ``weight_order`` (their names), else the order of the WeightChange / UpdateRatio
+            summaries is used.
         pair_scan: facts of a pair scan against a clipping loss: ``pairs``, ``all_zero``,
             ``clipped``, ``all_zero_iff_target_prob_clipped``, ``eps`` (and optionally
             ``min_target_prob``, ``all_zero_but_not_clipped``, ``step``).
     """
     summary, scalars = dict(summary or {}), dict(scalars or {})
-    order = _weight_order(summary, model)
+    order = list(weight_order) if weight_order and model is None else _weight_order(summary, model)
     findings: List[Finding] = []
     for rule in (_non_finite, _exploding):
         findings += rule(summary, scalars)

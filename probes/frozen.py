@@ -29,7 +29,9 @@ class FrozenWeights(Probe):
     device, so a weight that moves and comes back still counts as changed. The summary
     gives per-parameter counts and, for the first layer with a weight matrix (see
     :func:`probes.base.first_weight_layer`), the input features none of whose weights ever
-    changed: for a Linear weight ``(out, in)`` input feature ``i`` is column ``i``; for a
+    changed: for a Linear weight ``(out, in)`` input feature ``i`` is column ``i``; for an
+    Embedding ``(vocabulary, dim)`` it is row ``i`` (token ``i``, as :class:`probes.DeadInputs`
+    counts it); for a
     Conv weight ``(out, in, kh, kw)`` it is input channel ``i``.
 
     Args:
@@ -47,6 +49,7 @@ class FrozenWeights(Probe):
         self.changed: Dict[str, torch.Tensor] = {}
         self.first_layer: Optional[str] = None
         self._first_weight: Optional[str] = None
+        self._rows_are_inputs = False
 
     def _on_attach(self, model: nn.Module) -> None:
         self._params = {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -54,6 +57,7 @@ class FrozenWeights(Probe):
         self.changed = {n: torch.zeros_like(p, dtype=torch.bool) for n, p in self._params.items()}
         layer, module = first_weight_layer(model, self.first_layer_name)
         self.first_layer = layer
+        self._rows_are_inputs = isinstance(module, nn.Embedding)  # (vocabulary, dim): input i is row i
         own = [n for n, p in module.named_parameters(recurse=False) if p.dim() >= 2]
         weight = (f"{layer}.{own[0]}" if layer else own[0]) if own else None
         self._first_weight = weight if weight in self.changed else None
@@ -70,8 +74,11 @@ class FrozenWeights(Probe):
         """Indices of the first layer's input features whose weights never changed."""
         if self._first_weight is None:
             return None
-        changed = self.changed[self._first_weight]  # (out, in, ...)
-        per_input = changed.transpose(0, 1).reshape(changed.shape[1], -1).any(1)  # (in,)
+        changed = self.changed[self._first_weight]  # (out, in, ...), or an embedding's (vocabulary, dim)
+        if self._rows_are_inputs:
+            per_input = changed.any(1)
+        else:
+            per_input = changed.transpose(0, 1).reshape(changed.shape[1], -1).any(1)  # (in,)
         return torch.nonzero(~per_input).flatten()
 
     def summary(self) -> Dict[str, Any]:
@@ -85,6 +92,6 @@ class FrozenWeights(Probe):
         frozen = self.frozen_input_features()
         if frozen is not None:
             out.update(first_layer=self._first_weight,
-                       first_layer_inputs=self.changed[self._first_weight].shape[1],
+                       first_layer_inputs=self.changed[self._first_weight].shape[0 if self._rows_are_inputs else 1],
                        frozen_first_layer_inputs=frozen.tolist())
         return out

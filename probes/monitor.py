@@ -12,11 +12,15 @@ import torch
 from torch import nn
 
 from . import tags
-from .base import Probe
+from .base import Probe, ProbeError, expect_module
 from .distributed import reduce_records
-from .records import Record, Scalar, to_host
+from .records import HostScalar, Record, Scalar, to_host
 from .schedule import Schedule, as_schedule
 from .sinks import Sink
+
+
+#: Statistics the diagnosis rules read, kept on the monitor (a few scalars per layer a logging step).
+_KEPT_KINDS = frozenset({tags.GRAD_NORM, tags.OUTPUT_GRAD_NORM, tags.ACTIVATION_SATURATED_FRACTION})
 
 
 class Monitor:
@@ -45,6 +49,10 @@ class Monitor:
         self._optimizer_hook: Any = None
         self.close_sink = close_sink
         self.model: Optional[nn.Module] = None
+        self._weight_order: List[str] = []  # the model's weight matrices, input first (for the diagnosis)
+        #: the scalars the diagnosis rules read, ``{tag: [(step, value), ...]}``, kept whatever the sink
+        self.kept: Dict[str, List[tuple]] = {}
+        self._sink_closed = False
 
     def get(self, name: str, default: Optional[Probe] = None) -> Optional[Probe]:
         """The probe called ``name``, or ``default`` when this monitor has none."""
@@ -63,6 +71,7 @@ class Monitor:
         (a step post-hook), so the loop needs no call; ``log_loss(loss)`` adds the loss.
         Without it, call :meth:`step` after every ``optimizer.step()``.
         """
+        expect_module(model)
         if self.model is not None:
             raise ValueError("this Monitor is already attached; detach() it first")
         attached: List[Probe] = []
@@ -75,6 +84,7 @@ class Monitor:
                 probe.detach()
             raise
         self.model = model
+        self._weight_order = [n for n, p in model.named_parameters() if p.requires_grad and p.dim() >= 2]
         if optimizer is not None:
             self._optimizer_hook = optimizer.register_step_post_hook(self._after_optimizer_step)
         self._start(self.global_step)
@@ -107,6 +117,7 @@ class Monitor:
             self.detach()
             if self.close_sink and self.sink is not None:
                 self.sink.close()
+                self._sink_closed = True
 
     @property
     def logging(self) -> bool:
@@ -120,6 +131,9 @@ class Monitor:
 
     def step(self, loss: Optional[torch.Tensor] = None) -> None:
         """Mark the end of a training step (after ``optimizer.step()``)."""
+        if self.model is None:
+            raise ProbeError("this monitor is detached (its `with` block has ended, or detach() was called): "
+                             "attach it to a model before stepping it")
         step = self.global_step
         if loss is not None:
             self._losses.append((step, loss.detach().float().reshape(())))
@@ -135,6 +149,14 @@ class Monitor:
         if self.sink is not None and host:
             self.sink.write(host)
 
+    def _keep(self, host: list) -> None:
+        losses = [r for r in host if isinstance(r, HostScalar) and r.tag == tags.LOSS]
+        if losses:  # the last loss of each log: enough for the rules, bounded over a long run
+            self.kept.setdefault(tags.LOSS, []).append((losses[-1].step, losses[-1].value))
+        for r in host:
+            if isinstance(r, HostScalar) and tags.split(r.tag)[0] in _KEPT_KINDS:
+                self.kept.setdefault(r.tag, []).append((r.step, r.value))
+
     def _gather(self, step: int) -> list:
         """The losses and every probe's records since the last log, reduced over processes and
         moved to the host in one transfer (every rank reduces, sink or not)."""
@@ -142,11 +164,16 @@ class Monitor:
         self._losses = []
         for probe in self.probes:
             records.extend(probe.collect(step))
-        return to_host(reduce_records(records)) if records else []
+        host = to_host(reduce_records(records)) if records else []
+        self._keep(host)
+        return host
 
     def flush(self) -> None:
         """Write what is pending (losses and per-step probe records of the steps since the
-        last log, e.g. :class:`WeightChange`'s) and flush the sink."""
+        last log, e.g. :class:`WeightChange`'s) and flush the sink (nothing once it is closed:
+        a closed TensorBoard writer would open a new event file)."""
+        if self._sink_closed:
+            return
         host = self._gather(self.global_step - 1)
         if self.sink is not None:
             if host:
@@ -170,4 +197,17 @@ class Monitor:
             self._start(self.global_step)
 
     def summary(self) -> Dict[str, Any]:
+        """End-of-run facts of every probe, ``{probe name: facts}`` in plain Python types."""
         return {p.name: p.summary() for p in self.probes if p.summary()}
+
+    def diagnose(self, pair_scan: Optional[Dict[str, Any]] = None) -> list:
+        """The findings of the run so far (:func:`probes.diagnose`), whatever the sink."""
+        from .diagnosis import diagnose
+
+        return diagnose(self.summary(), scalars=self.kept, weight_order=self._weight_order, pair_scan=pair_scan)
+
+    def report(self) -> str:
+        """What the probes found, in sentences: steps measured, then the findings, worst first."""
+        from .diagnosis import report
+
+        return f"probes: {self.global_step} steps measured; " + report(self.diagnose())

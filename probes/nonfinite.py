@@ -1,33 +1,28 @@
-"""Non-finite sentinel: the first module and step where a NaN or Inf appears.
+"""Non-finite sentinel: where a NaN or Inf started, found with no call in the user's loop.
 
 What is checked when, and why that order:
 
-* **Every step, the loss and the parameter gradients.** A NaN or Inf in a layer's output
-  reaches the loss in practice (NaN survives ReLU, pooling, dropout's zeros and every
-  weighted sum; an Inf meets another or a zero and becomes NaN), and a non-finite backward
-  shows in the gradients. Each gradient is reduced on the device to one flag,
-  ``isfinite(g.sum())`` (one pass, no temporary; a finite tensor whose float32 sum overflows
-  counts as Inf, and values that large overflow in the next step anyway), at ``end_step``
-  (call ``monitor.step`` before zeroing the gradients in place), which reads the flags with
-  one host sync. Parameters are small next to activations (the cnn: 1.2 M
-  weights against ~33 M activation values a step at batch 128), so this costs little.
-* **Layer outputs, only when needed.** Checking every layer's output every step cost ~3-7%
-  of a cnn step on CPU (a full pass over each activation) for an answer needed once per run.
-  Instead the sentinel keeps a reference to the inputs of each training forward pass; when
-  :meth:`check_loss` finds the loss non-finite, the weights are still those of the forward
-  pass (the optimizer has not stepped), so it runs that forward pass again on the same
-  inputs, without gradients, with the RNG state and the buffers (BatchNorm's running
-  statistics) put back afterwards, and names the first leaf module whose output is not
-  finite.
+* **Every step, the parameter gradients, before the optimizer uses them.** A NaN or Inf in
+  a layer's output reaches the loss in practice (NaN survives ReLU, pooling, dropout's zeros
+  and every weighted sum; an Inf meets another or a zero and becomes NaN), and so the
+  gradients. Each gradient is reduced on the device to one flag, ``isfinite(g.sum())`` (one
+  pass, no temporary; a finite tensor whose float32 sum overflows counts as Inf, and values
+  that large overflow in the next step anyway), read with one host sync in a pre-step hook of
+  every ``torch.optim`` optimizer (``register_optimizer_step_pre_hook``, removed on detach):
+  there the weights are still those of the forward pass. Without a torch optimizer the check
+  runs at ``end_step``, after the weights have moved.
+* **Where it started, only when something is non-finite**, in this order: a parameter that
+  is itself non-finite (it was so before the step: e.g. an earlier overflow, or a bad
+  checkpoint); an input of the step's training forward pass that is non-finite (bad data);
+  else the step's forward passes are run again on the same inputs, without gradients, with
+  the RNG state and the buffers (BatchNorm's running statistics) put back afterwards, and the
+  first leaf module whose output is not finite is named; else the first non-finite gradient
+  (backward order). Checking every layer's output every step instead cost ~3-7% of a cnn step
+  on CPU for an answer needed once per run.
+* :meth:`check_loss` (optional; ``train.py`` calls it after the loss, before ``backward``)
+  finds a non-finite loss one backward pass earlier, with the same localisation.
 * What this leaves out: an Inf that a ReLU turns into 0 and that reaches neither the loss
-  nor a gradient changed nothing downstream and is not reported, on logging steps either
-  (checking every layer output there would be one more pass over every activation, ~3% of
-  a cnn logging step, for a value that harmed nothing).
-
-:meth:`check_loss` is what lets the sentinel name the layer: call it after computing the loss
-and before ``backward()`` (``train.py`` does). It reads one bool to the host, so a CUDA
-loop waits there for its forward pass. Without it the sentinel still stops at the right
-step and names the first non-finite gradient (backward order).
+  nor a gradient changed nothing downstream and is not reported.
 
 Once something was found the probe stops checking (it keeps the first).
 """
@@ -40,6 +35,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from .base import Probe, first_tensor, leaf_modules, suspended
 
@@ -52,11 +48,12 @@ def _finite(t: torch.Tensor) -> torch.Tensor:
 @dataclass
 class NonFiniteEvent:
     step: int
-    where: str  # "activation" | "gradient" | "loss"
-    name: str  # module name for activations, parameter name for gradients
+    where: str  # "parameter" | "input" | "activation" | "gradient" | "loss"
+    name: str  # parameter name, input position, module name, parameter name, "loss"
 
     def describe(self) -> str:
-        what = {"activation": "output of layer", "gradient": "gradient of parameter", "loss": "loss"}[self.where]
+        what = {"parameter": "parameter (before the step)", "input": "training input", "activation": "output of layer",
+                "gradient": "gradient of parameter", "loss": "loss"}[self.where]
         return f"first NaN/Inf at step {self.step}: {what} {self.name}"
 
 
@@ -78,6 +75,7 @@ class NonFiniteSentinel(Probe):
         for name, param in model.named_parameters():
             if param.requires_grad:
                 self._grad_hook(param, partial(self._on_grad, name))
+        self._handles.append(register_optimizer_step_pre_hook(self._before_optimizer_step))
 
     def _on_detach(self) -> None:
         self._passes, self._grads = [], []
@@ -106,14 +104,41 @@ class NonFiniteSentinel(Probe):
         self._passes = []
 
     def check_loss(self, loss: torch.Tensor) -> None:
-        """Check the loss before ``backward()``; if it is not finite, find the layer (see above)."""
+        """Check the loss before ``backward()``; if it is not finite, find where it started."""
         if self.event is not None or not self.measuring:
             return
-        if bool(_finite(loss.detach())):  # the step's host sync for the forward pass
+        if bool(_finite(loss.detach())):  # a host sync after the forward pass
             return
-        layer = self._first_bad_layer()
-        self.event = NonFiniteEvent(self.step, *(("activation", layer) if layer else ("loss", "loss")))
+        self.event = self._locate(self.step) or NonFiniteEvent(self.step, "loss", "loss")
+        self._passes, self._grads = [], []
+
+    def _before_optimizer_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        self._check_gradients(self.step)
+
+    def _check_gradients(self, step: int) -> None:
+        grads, self._grads = self._grads, []
+        if self.event is not None or not grads:
+            return
+        finite = torch.stack([_finite(grad.detach()) for _, grad in grads])
+        if bool(finite.all()):  # the one host sync for the backward pass
+            return
+        first = int((~finite).nonzero()[0])  # in backward order
+        self.event = self._locate(step) or NonFiniteEvent(step, "gradient", grads[first][0])
         self._passes = []
+
+    def _locate(self, step: int) -> Optional[NonFiniteEvent]:
+        """The first non-finite parameter, training input or layer output; None if all are finite."""
+        if self._model is None:
+            return None
+        for name, param in self._model.named_parameters():
+            if param.is_floating_point() and not bool(torch.isfinite(param.detach()).all()):
+                return NonFiniteEvent(step, "parameter", name)
+        for args, kwargs in self._passes:
+            for i, x in enumerate([*args, *kwargs.values()]):
+                if isinstance(x, torch.Tensor) and x.is_floating_point() and not bool(torch.isfinite(x).all()):
+                    return NonFiniteEvent(step, "input", str(i) if i < len(args) else list(kwargs)[i - len(args)])
+        layer = self._first_bad_layer()
+        return NonFiniteEvent(step, "activation", layer) if layer else None
 
     def _first_bad_layer(self) -> Optional[str]:
         """Run this step's forward passes again and name the first leaf module with a non-finite
@@ -147,14 +172,7 @@ class NonFiniteSentinel(Probe):
         return found[0] if found else None
 
     def end_step(self, step: int) -> None:
-        grads, self._grads = self._grads, []
-        if self.event is not None or not grads:
-            return
-        finite = torch.stack([_finite(grad.detach()) for _, grad in grads])
-        if bool(finite.all()):  # the one host sync for the backward pass
-            return
-        first = int((~finite).nonzero()[0])  # in backward order
-        self.event = NonFiniteEvent(step, "gradient", grads[first][0])
+        self._check_gradients(step)  # no torch optimizer stepped (its pre-step hook checks otherwise)
 
     @property
     def tripped(self) -> bool:

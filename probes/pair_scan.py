@@ -27,13 +27,13 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import first_tensor, leaf_modules, suspended
+from .base import expect_module, first_tensor, leaf_modules, suspended
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 DEFAULT_MEMORY_BUDGET = 256 * 2**20  # bytes of per-pair gradients alive at once
@@ -102,6 +102,10 @@ def _forward_with_output_layer(model: nn.Module, x: torch.Tensor):
     finally:
         for h in handles:
             h.remove()
+    if not isinstance(first, torch.Tensor):
+        raise TypeError(f"pair_scan needs the model's logits as a tensor, but {type(model).__name__} returned a "
+                        f"{type(first).__name__}; pass output_fn to pick them, e.g. output_fn=lambda out: out[0] "
+                        "for (logits, loss) or output_fn=lambda out: out['logits'] for a dict")
     producer = last.get("module") if last.get("output") is first else None
     if x.shape[0] <= 1:
         return first, producer
@@ -386,16 +390,36 @@ def fast_layer_norms(model: nn.Module, x: torch.Tensor, output_grad: torch.Tenso
     return {name: v.sqrt().float() for name, v in sq.items()}, nz
 
 
+class _Selected(nn.Module):
+    """The model with ``output_fn`` applied to its output (its logits picked from a tuple or dict)."""
+
+    def __init__(self, model: nn.Module, output_fn: Callable[[Any], torch.Tensor]) -> None:
+        super().__init__()
+        self.inner, self.output_fn = model, output_fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.output_fn(self.inner(x))
+
+
 def pair_scan(model: nn.Module, x: torch.Tensor, loss_fn: LossFn, num_targets: Optional[int] = None,
-              norms_for: int = 0, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> PairScanResult:
+              norms_for: int = 0, memory_budget: int = DEFAULT_MEMORY_BUDGET,
+              output_fn: Optional[Callable[[Any], torch.Tensor]] = None) -> PairScanResult:
     """Scan every (input, target) pair of ``x`` for all-zero gradients.
 
     Args:
+        output_fn: for a model that does not return its logits as a tensor, picks them from
+            what it returns, e.g. ``lambda out: out[0]`` for ``(logits, loss)`` or
+            ``lambda out: out["logits"]`` for a dict.
         loss_fn: per-example loss ``loss_fn(logits, onehot_targets) -> (N,)``.
         num_targets: number of target classes (default: the model's output width).
         norms_for: also compute per-layer gradient norms for the first ``norms_for`` inputs.
         memory_budget: roughly how many bytes the per-pair gradient work may hold at once.
     """
+    expect_module(model)
+    if output_fn is not None:
+        result = pair_scan(_Selected(model, output_fn), x, loss_fn, num_targets, norms_for, memory_budget)
+        result.layer_norms = {name.removeprefix("inner."): v for name, v in result.layer_norms.items()}
+        return result
     with suspended(), inference_mode_of(model), torch.no_grad():
         logits, producer = _forward_with_output_layer(model, x)
     if logits.dim() != 2:
