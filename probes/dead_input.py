@@ -42,10 +42,12 @@ class DeadInputs(Probe):
         self.seen_nonzero: Optional[torch.Tensor] = None  # bool, feature shape
         self.examples = 0
         self.skipped = 0
+        self._feature_kind = "input"
 
     def _on_attach(self, model: nn.Module) -> None:
         self.seen_nonzero, self.examples, self.skipped = None, 0, 0  # counts are per attach
         self.layer, module = first_weight_layer(model, self.layer_name)
+        self._feature_kind = "token" if isinstance(module, nn.Embedding) else "input"
         if isinstance(module, nn.Embedding):
             self._forward_pre_hook(module, self._on_tokens)
         else:
@@ -87,4 +89,4 @@ class DeadInputs(Probe):
         if zero is None:
             return {}
         return {"layer": self.layer, "features": self.seen_nonzero.numel(), "examples": self.examples,
-                "skipped": self.skipped, "always_zero": zero.tolist()}
+                "skipped": self.skipped, "always_zero": zero.tolist(), "feature_kind": self._feature_kind}

@@ -362,17 +362,26 @@ def _frozen_by_dead_input(summary: Mapping[str, Any]) -> List[Finding]:
                 "frozen_not_explained": sorted(rows - zero), "always_zero_but_changed": sorted(zero - rows),
                 "input_indices": sorted(both),
                 "dead_relu_units": {name: layer["dead"] for name, layer in units.items()}}
-    return [Finding(
-        "frozen-by-dead-input", "info",
-        f"{len(zero)} of {evidence['inputs']} inputs were 0 in every one of the {evidence['examples_seen']} "
-        f"training examples seen, and the weights of {evidence['first_layer']} from {len(both)} of them never "
-        f"changed (frozen inputs vs always-zero inputs: {relation}); these are not dead ReLUs: the weights are "
-        f"stuck because what they multiply is always 0",
-        evidence,
-        cause="dL/dW[j, i] = x_i * dL/dy_j, which is exactly 0 when input i is 0 in every example, so the "
-              "optimizer's update of those weights is exactly 0 and they keep their initial values",
-        fix="usually harmless on data like the training set; drop constant inputs, or standardise them, if those "
-            "weights' random initial values must not act on inputs that are nonzero elsewhere")]
+    if dead.get("feature_kind") == "token":
+        message = (f"{len(zero)} of {evidence['inputs']} tokens of the vocabulary never occurred in the "
+                   f"{evidence['examples_seen']} training sequences seen, and the embedding rows of {len(both)} of "
+                   f"them ({evidence['first_layer']}) never changed (frozen rows vs unseen tokens: {relation}); "
+                   f"they keep their initial values")
+        cause = ("an embedding row gets a gradient only from the positions where its token occurs, so the rows "
+                 "of tokens absent from the training data are never updated")
+        fix = ("usually harmless; if those tokens can occur later (at evaluation), train on data that contains "
+               "them, tie or share their rows, or shrink the vocabulary")
+    else:
+        message = (f"{len(zero)} of {evidence['inputs']} inputs were 0 in every one of the "
+                   f"{evidence['examples_seen']} training examples seen, and the weights of {evidence['first_layer']} "
+                   f"from {len(both)} of them never changed (frozen inputs vs always-zero inputs: {relation}); these "
+                   f"are not dead ReLUs: the weights are stuck because what they multiply is always 0")
+        cause = ("dL/dW[j, i] = x_i * dL/dy_j, which is exactly 0 when input i is 0 in every example, so the "
+                 "optimizer's update of those weights is exactly 0 and they keep their initial values")
+        fix = ("usually harmless on data like the training set; drop constant inputs, or standardise them, if "
+               "those weights' random initial values must not act on inputs that are nonzero elsewhere")
+    evidence["feature_kind"] = dead.get("feature_kind", "input")
+    return [Finding("frozen-by-dead-input", "info", message, evidence, cause=cause, fix=fix)]
 
 
 def _dead_relu(summary: Mapping[str, Any]) -> List[Finding]:
