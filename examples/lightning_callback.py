@@ -5,6 +5,8 @@ Run: python examples/lightning_callback.py --steps 100   (MNIST from $MNIST_DIR 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
@@ -12,8 +14,10 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from experiments.mnist import load_mnist
 from probes.lightning import ProbeCallback
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the clone's experiments/ (MNIST loading)
+from experiments.mnist import load_mnist  # noqa: E402
 
 
 class LitMLP(pl.LightningModule):
