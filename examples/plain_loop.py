@@ -75,6 +75,7 @@ def main() -> None:
             monitor.log_loss(loss)
             optimizer.step()  # the monitor counts the step through an optimizer hook
     print(f"trained {monitor.global_step} steps, final loss {loss.item():.3f}; logs in {args.log_dir}")
+    print(monitor.report())  # the diagnosis, in sentences
 
 
 if __name__ == "__main__":

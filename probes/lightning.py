@@ -22,10 +22,10 @@ import torch
 
 from .api import make_probes
 from .base import Probe
-from .diagnosis import Finding, diagnose, report
+from .diagnosis import Finding
 from .monitor import Monitor
 from .schedule import Schedule
-from .sinks import MemorySink, Tee, TensorBoardSink
+from .sinks import MemorySink, TensorBoardSink
 
 
 class ProbeCallback(Callback):
@@ -43,8 +43,6 @@ class ProbeCallback(Callback):
         self.every = every
         self.print_summary = print_summary
         self.monitor: Optional[Monitor] = None
-        self.memory = MemorySink(histograms=False)  # the scalars the diagnosis reads
-        self._module: Any = None
 
     def _sink(self, trainer: Any) -> Any:
         if not trainer.is_global_zero:
@@ -55,11 +53,7 @@ class ProbeCallback(Callback):
         return MemorySink()
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
-        self.memory = MemorySink(histograms=False)
-        sink = self._sink(trainer)
-        sink = self.memory if sink is None else Tee(sink, self.memory)
-        self.monitor = Monitor(make_probes(self.probe_choice), sink=sink, every=self.every)
-        self._module = pl_module
+        self.monitor = Monitor(make_probes(self.probe_choice), sink=self._sink(trainer), every=self.every)
         self.monitor.attach(pl_module)
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -84,14 +78,8 @@ class ProbeCallback(Callback):
 
     def findings(self) -> List[Finding]:
         """The diagnosis of what the probes measured (:func:`probes.diagnosis.diagnose`)."""
-        if self.monitor is None:
-            return []
-        return diagnose(self.monitor.summary(), scalars=self.memory.scalars, model=self._module)
+        return self.monitor.diagnose() if self.monitor is not None else []
 
     def report(self) -> str:
         """What the probes found, in words: the diagnosis, worst finding first."""
-        steps = self.monitor.global_step if self.monitor else 0
-        findings = self.findings()
-        if not findings:
-            return f"probes: {steps} steps measured; diagnosis: nothing abnormal found"
-        return f"probes: {steps} steps measured; " + report(findings)
+        return self.monitor.report() if self.monitor is not None else "probes: not attached yet"
