@@ -89,7 +89,8 @@ def snapshot(root):
             for p in sorted(root.rglob("*")) if not p.is_symlink()}
 
 
-# (arguments, exit status, words the one line must contain); {base} is the fixture's folder
+# (arguments, exit status, words the one line must contain: a string or a tuple of them); {base}
+# is the fixture's folder
 CASES = [
     # usage errors: argparse and the checks right after it (exit 2)
     ([], 2, "--model"),
@@ -119,6 +120,7 @@ CASES = [
     (M + ["--device", "toaster"], 2, "--device"),
     (M + ["--variant", "2"], 2, "--variant"),
     (["--model", "scaled-conv", "--variant", "4"], 2, "--variant"),
+    (["--model", "deep-relu", "--compare"], 2, "scaled-conv only"),
     (["--model", "scaled-conv", "--compare", "--variant", "2"], 2, "--compare"),
     (["--model", "scaled-conv", "--compare", "--init-from-keras", "{base}/wrong_keras.npz"], 2, "--init-from-keras"),
     (["--resume", "{base}/cnn_run", "--epochs", "3"], 2, "--epochs"),
@@ -129,9 +131,9 @@ CASES = [
     (M + ["--train-size", "70000"], 1, "--train-size 70000"),
     (M + ["--run-dir", "{base}/a_file/run"], 1, "a_file/run"),
     (M + ["--run-dir", "/proc/no-runs-here"], 1, "/proc/no-runs-here"),
-    (M + ["--run-dir", "{base}/existing"], 1, "already exists"),
-    (M + ["--run-dir", "{base}/a_file"], 1, "already exists"),
-    (M + ["--data-dir", "{base}/data/missing"], 1, "train-images-idx3-ubyte.gz"),
+    (M + ["--run-dir", "{base}/existing"], 1, ("already exists", "{base}/existing")),
+    (M + ["--run-dir", "{base}/a_file"], 1, ("already exists", "{base}/a_file")),
+    (M + ["--data-dir", "{base}/data/missing"], 1, ("train-images-idx3-ubyte.gz", "{base}/data/missing")),
     (M + ["--data-dir", "{base}/a_file"], 1, "MNIST not found"),
     (M + ["--data-dir", "{base}/data/junk_gz"], 1, "md5"),
     (M + ["--data-dir", "{base}/data/truncated_gz"], 1, "md5"),
@@ -184,6 +186,7 @@ def in_process(argv, monkeypatch, capfd):
                          ids=IDS + [f"real: {i}" for i in IDS if i in REAL])
 def test_bad_input_is_one_clear_line(argv, status, needle, base, mnist_path, monkeypatch, capfd, request):
     argv = [a.replace("{base}", str(base)) for a in argv]
+    needles = [n.replace("{base}", str(base)) for n in ((needle,) if isinstance(needle, str) else needle)]
     new = base / "new"
     if "--run-dir" not in argv and "--resume" not in argv and argv:
         argv += ["--run-dir", str(new)]
@@ -198,6 +201,6 @@ def test_bad_input_is_one_clear_line(argv, status, needle, base, mnist_path, mon
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert returncode == status, stderr
     assert len(lines) == 1 and "Traceback" not in stderr, stderr
-    assert lines[0].startswith("train.py: error: ") and needle in lines[0], lines[0]
+    assert lines[0].startswith("train.py: error: ") and all(n in lines[0] for n in needles), lines[0]
     assert snapshot(base) == before  # nothing made, nothing altered, nothing removed
     assert not new.exists() and not (base / "runs").exists()

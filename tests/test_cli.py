@@ -1,5 +1,6 @@
 """train.py as a user runs it: a real subprocess, real MNIST, TensorBoard files read back."""
 import pytest
+import torch
 
 from conftest import read_events, read_summary, run_cli
 
@@ -26,25 +27,41 @@ def test_dry_run_writes_summary_and_tensorboard(tmp_path):
     assert "summary" in "".join(events.Tags()["tensors"])  # the plain-words text
 
 
-# Reaching confident predictions cheaply: 1,024 images, batch 32, 28 epochs = 896 steps
-# (BatchNorm's moving averages need several hundred steps at Keras' momentum 0.99).
-CONFIDENT = ["--train-size", "1024", "--batch-size", "32", "--epochs", "28", "--test-size", "500",
-             "--scan-images", "300", "--scan-norm-images", "0", "--log-every", "200"]
-
-
-def test_keras_loss_gives_zero_gradients_exactly_where_probabilities_are_clipped(tmp_path):
-    proc = run_cli("--model", "cnn", "--loss", "keras", *CONFIDENT, "--run-dir", str(tmp_path / "k"))
+def test_diagnosis_of_a_two_step_run_is_printed_saved_and_in_tensorboard(tmp_path, mnist):
+    """The fast suite's diagnosis end to end (test_report's runs check every phenomenon's at
+    full length): dense-mlp on 256 images, 2 steps; the frozen first-layer rows are exactly
+    the pixels that are 0 in all 256, counted here from the data."""
+    run_dir = tmp_path / "run"
+    proc = run_cli("--model", "dense-mlp", "--train-size", "256", "--batch-size", "128", "--test-size", "100",
+                   "--run-dir", str(run_dir), env_extra={"OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr
-    scan = read_summary(tmp_path / "k")["pair_scan"]
+    summary = read_summary(run_dir)
+    (finding,) = [f for f in summary["findings"] if f["id"] == "frozen-by-dead-input"]
+    seen = mnist["train"].images[:256].reshape(256, 784)
+    always_zero = torch.nonzero((seen == 0).all(0)).flatten().tolist()
+    assert finding["evidence"]["input_indices"] == always_zero and finding["evidence"]["relation"] == "equal"
+    assert finding["evidence"]["examples_seen"] == 256 and summary["steps"] == 2
+    assert "diagnosis:\n[info] frozen-by-dead-input" in proc.stdout
+    text = read_events(run_dir).Tensors("findings/text_summary")[-1].tensor_proto.string_val[0].decode()
+    assert "frozen-by-dead-input" in text
+
+
+@pytest.mark.slow
+def test_keras_loss_gives_zero_gradients_exactly_where_probabilities_are_clipped(confident_cnn_runs):
+    summary = read_summary(confident_cnn_runs("keras"))
+    scan = summary["pair_scan"]
     assert scan["pairs"] == 3000
     assert scan["all_zero"] > 0, scan
     assert scan["all_zero_iff_target_prob_clipped"] is True, scan
     assert scan["all_zero_but_not_clipped"] == 0 and scan["clipped_but_not_all_zero"] == 0
+    (finding,) = [f for f in summary["findings"] if f["id"] == "loss-clipping-zero-grad"]
+    assert finding["severity"] == "warning" and finding["evidence"]["all_zero"] == scan["all_zero"]
 
 
-def test_logits_loss_gives_no_zero_gradient_pairs(tmp_path):
-    proc = run_cli("--model", "cnn", "--loss", "logits", *CONFIDENT, "--run-dir", str(tmp_path / "l"))
-    assert proc.returncode == 0, proc.stderr
-    scan = read_summary(tmp_path / "l")["pair_scan"]
+@pytest.mark.slow
+def test_logits_loss_gives_no_zero_gradient_pairs(confident_cnn_runs):
+    summary = read_summary(confident_cnn_runs("logits"))
+    scan = summary["pair_scan"]
     assert scan["all_zero"] == 0, scan
     assert scan["min_target_prob"] < 1e-7, "the model must be confident for this check to mean anything"
+    assert not [f for f in summary["findings"] if f["id"] == "loss-clipping-zero-grad"]

@@ -19,14 +19,15 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
-from conftest import REPO, mnist_dir, read_events, read_summary, run_cli
+from conftest import REPO, TIMEOUT, mnist_dir, read_events, read_summary, run_cli
 
 COMMON = ["--train-size", "192", "--batch-size", "64", "--test-size", "100", "--log-every", "1"]
 THREADS = {"OMP_NUM_THREADS": "1"}
 
 
-def torchrun(*args: str, cwd, timeout: int = 240):
+def torchrun(*args: str, cwd, timeout: int = TIMEOUT):
     """``torchrun --standalone --nproc_per_node=2 train.py ARGS`` with this interpreter (free port)."""
     env = {**os.environ, **THREADS, "MNIST_DIR": str(mnist_dir())}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
@@ -60,9 +61,10 @@ def assert_same_events(one, two):
             assert np.abs(np.cumsum(c1) - np.cumsum(c2)).sum() <= h1.num, (tag, x.step)
 
 
+@pytest.mark.slow
 def test_two_processes_log_what_one_process_logs(tmp_path):
     args = ["--model", "deep-relu", "--epochs", "2", *COMMON]
-    one = run_cli(*args, "--run-dir", str(tmp_path / "one"), env_extra=THREADS, timeout=240)
+    one = run_cli(*args, "--run-dir", str(tmp_path / "one"), env_extra=THREADS)
     assert one.returncode == 0, one.stderr
     work = tmp_path / "work"  # the ranks' working directory: nothing may appear in it
     work.mkdir()
@@ -88,6 +90,7 @@ def test_two_processes_log_what_one_process_logs(tmp_path):
     assert two.stdout.count("run directory:") == 1  # the other rank prints nothing
 
 
+@pytest.mark.slow
 def test_cnn_trains_on_two_processes_and_scans_every_image(tmp_path):
     run_dir = tmp_path / "cnn"
     proc = torchrun("--model", "cnn", "--epochs", "1", *COMMON, "--scan-images", "10", "--scan-norm-images", "7",
@@ -105,6 +108,7 @@ def test_cnn_trains_on_two_processes_and_scans_every_image(tmp_path):
     assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1
 
 
+@pytest.mark.slow
 def test_sharded_pair_scan_and_reductions_match_one_process(tmp_path):
     """tests/distributed_worker.py on 2 processes vs the same computations here on all the data."""
     import torch
@@ -118,7 +122,7 @@ def test_sharded_pair_scan_and_reductions_match_one_process(tmp_path):
     env = {**os.environ, **THREADS}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(REPO / "tests" / "distributed_worker.py"), str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=240)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=TIMEOUT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = torch.load(out)
 
@@ -153,7 +157,6 @@ def test_sharded_pair_scan_and_reductions_match_one_process(tmp_path):
 
 def test_slices_cover_every_example_and_weights_make_the_batch_mean():
     """No processes needed: the arithmetic train.py relies on, for an uneven last batch too."""
-    import pytest
     import torch
 
     from experiments.distributed import Context, bounds

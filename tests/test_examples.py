@@ -5,13 +5,13 @@ import sys
 
 import pytest
 
-from conftest import REPO, mnist_dir, read_events
+from conftest import REPO, TIMEOUT, mnist_dir, read_events
 
 
 def run_example(name, *args):
     env = dict(os.environ, MNIST_DIR=str(mnist_dir()), PYTHONPATH=str(REPO))
     return subprocess.run([sys.executable, str(REPO / "examples" / name), *args], capture_output=True, text=True,
-                          env=env, cwd=REPO, timeout=300)
+                          env=env, cwd=REPO, timeout=TIMEOUT)
 
 
 def test_plain_loop_example(tmp_path):

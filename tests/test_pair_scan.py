@@ -20,8 +20,8 @@ def per_pair_gradients(model, x, loss_fn, n_classes=10):
             loss_fn(model(x[i:i + 1]), torch.eye(n_classes)[c:c + 1]).sum().backward()
             grads = [p.grad for p in model.parameters() if p.requires_grad]
             zero[i, c] = all(g is None or bool((g == 0).all()) for g in grads)
-            for name, module in model.named_children():
-                ps = [p.grad for p in module.parameters(recurse=True) if p.grad is not None]
+            for name, module in model.named_modules():  # per module owning parameters, as the scan names them
+                ps = [p.grad for p in module.parameters(recurse=False) if p.grad is not None]
                 if ps:
                     norms.setdefault(name, torch.zeros(len(x), n_classes))[i, c] = torch.sqrt(sum((g ** 2).sum() for g in ps))
     model.train()
@@ -187,9 +187,12 @@ def test_models_without_closed_forms_fall_back_to_torch_func(variant):
     result = pair_scan(model, x, keras2_crossentropy, norms_for=3)
     assert result.norms_method == "torch.func"
     _, norms = per_pair_gradients(model, x, keras2_crossentropy)
+    # every layer, the tied one (body.1, whose weight the output also uses) and the shared block (3.0) too
+    assert set(result.layer_norms) == set(norms) == {"unknown layer": {"1", "3", "4"},
+                                                     "weight used outside its module": {"body.1", "out"},
+                                                     "layer used twice": {"1", "3.0", "5"}}[variant]
     for layer, expected in norms.items():
-        if layer in result.layer_norms:
-            assert torch.allclose(result.layer_norms[layer], expected, rtol=1e-4, atol=1e-7), layer
+        assert torch.allclose(result.layer_norms[layer], expected, rtol=1e-4, atol=1e-7), layer
 
 
 def test_flags_without_output_bias_use_the_closed_forms_and_match_autograd():

@@ -11,6 +11,8 @@ from PIL import Image
 
 from conftest import read_events, read_summary, run_cli
 
+pytestmark = pytest.mark.slow  # tens of seconds of training each (test_cli has a fast dense-mlp run)
+
 # Short runs: 2,000 images, one epoch (20 steps of 100 for deep-*, 16 of 128 for dense-mlp).
 SHORT = ["--train-size", "2000", "--test-size", "200", "--log-every", "5"]
 

@@ -12,11 +12,12 @@ import time
 import pytest
 import torch
 
-from conftest import REPO, mnist_dir, read_events, read_summary, run_cli
+from conftest import REPO, TIMEOUT, mnist_dir, read_events, read_summary, run_cli
 
 ARGS = ["--model", "dense-mlp", "--train-size", "640", "--test-size", "100", "--batch-size", "16", "--epochs", "2",
         "--log-every", "3"]
 ENV = {"OMP_NUM_THREADS": "1"}  # a shared machine; also the same threads for both runs
+pytestmark = pytest.mark.slow  # several training runs per test, and signals sent to them
 
 
 def load_checkpoint(run_dir):
@@ -47,7 +48,7 @@ def start(run_dir):
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def interrupt_when(proc, prefix, signum, timeout=300):
+def interrupt_when(proc, prefix, signum, timeout=TIMEOUT):
     """Send ``signum`` once the process prints a line starting with ``prefix``; (exit status, output)."""
     lines, deadline = [], time.monotonic() + timeout
     for line in proc.stdout:
@@ -81,8 +82,9 @@ def assert_same_run(resumed, reference):
     assert ea.Tags()["scalars"] == eb.Tags()["scalars"] and ea.Tags()["histograms"] == eb.Tags()["histograms"]
     for tag in ea.Tags()["scalars"]:
         assert [(e.step, e.value) for e in ea.Scalars(tag)] == [(e.step, e.value) for e in eb.Scalars(tag)], tag
-    for tag in ea.Tags()["histograms"]:
-        assert [e.step for e in ea.Histograms(tag)] == [e.step for e in eb.Histograms(tag)], tag
+    for tag in ea.Tags()["histograms"]:  # contents too: the sampler's generator is checkpointed
+        assert [(e.step, e.histogram_value) for e in ea.Histograms(tag)] == \
+            [(e.step, e.histogram_value) for e in eb.Histograms(tag)], tag
     assert [e.step for e in eb.Scalars("train/loss")] == list(range(80))
 
 

@@ -9,14 +9,16 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO, mnist_dir, read_events
+from conftest import REPO, TIMEOUT, mnist_dir, read_events
+
+pytestmark = pytest.mark.slow  # report --quick trains six models: minutes (test_cli has a fast diagnosis run)
 
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
     proc = subprocess.run([sys.executable, str(REPO / "report.py"), "--quick", "--out", str(out),
-                           "--data-dir", str(mnist_dir())], capture_output=True, text=True, cwd=REPO, timeout=1200)
+                           "--data-dir", str(mnist_dir())], capture_output=True, text=True, cwd=REPO, timeout=TIMEOUT)
     summaries = {p.parent.name: json.loads(p.read_text()) for p in (out / "runs").glob("*/summary.json")}
     return proc, out, summaries
 

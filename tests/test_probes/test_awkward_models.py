@@ -7,12 +7,14 @@ equal outputs and weights, and no hook left behind.
 """
 import gc
 import tracemalloc
+import weakref
 
 import pytest
 import torch
 from torch import nn
 
 import probes
+from conftest import batches, fit, hook_count
 from probes import MemorySink, Monitor
 
 PROBE_NAMES = sorted(probes.PROBES)
@@ -90,36 +92,14 @@ class FrozenNet(nn.Module):
 MODELS = {"inplace": InplaceNet, "shared": SharedNet, "dict": DictNet, "frozen": FrozenNet}
 
 
-def logits_of(output):
-    return output["logits"] if isinstance(output, dict) else output
-
-
 def train(model, steps=4, monitor=None):
-    gen = torch.Generator().manual_seed(3)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=0.1, momentum=0.9)
-    outputs = []
-    for _ in range(steps):
-        x, y = torch.randn(8, 6, generator=gen), torch.randint(0, 3, (8,), generator=gen)
-        opt.zero_grad()
-        logits = logits_of(model(x))
-        loss = nn.functional.cross_entropy(logits, y)
-        loss.backward()
-        opt.step()
-        outputs.append(logits.detach().clone())
-        if monitor is not None:
-            monitor.step(loss)
-    return outputs
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1, momentum=0.9)
+    return fit(model, batches(steps, 8, 6, seed=3), opt, monitor)
 
 
 def fresh(kind):
     torch.manual_seed(0)
     return MODELS[kind]()
-
-
-def hooks_left(model):
-    n = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules())
-    return n + sum(len(getattr(p, "_post_accumulate_grad_hooks", None) or {}) for p in model.parameters())
 
 
 @pytest.mark.parametrize("kind", sorted(MODELS))
@@ -131,25 +111,46 @@ def test_probe_changes_nothing_on_awkward_models(kind, name):
     sink = MemorySink()
     with Monitor([probes.PROBES[name]()], sink=sink, every=1).attach(model) as monitor:
         outputs = train(model, monitor=monitor)
-    assert hooks_left(model) == 0
+    assert hook_count(model) == 0
     for a, b in zip(reference, outputs):
         assert torch.equal(a, b)
     for a, b in zip(reference_model.state_dict().values(), model.state_dict().values()):
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("name", PROBE_NAMES)
-def test_eval_mode_and_no_grad_are_harmless(name):
-    model = fresh("inplace")
-    sink = MemorySink()
-    with Monitor([probes.PROBES[name]()], sink=sink, every=1).attach(model) as monitor:
+def eval_then_train(model, monitor=None, evaluate=True):
+    """An evaluation pass (eval mode, no_grad) at step 0, then two training steps; the outputs of all three."""
+    outputs = []
+    if evaluate:
         model.eval()
         with torch.no_grad():
-            model(torch.randn(4, 6))
-        monitor.step()
+            outputs.append(model(torch.randn(4, 6, generator=torch.Generator().manual_seed(5))))
         model.train()
-        train(model, steps=2, monitor=monitor)
-    assert hooks_left(model) == 0
+    if monitor is not None:
+        monitor.step()
+    return outputs + train(model, steps=2, monitor=monitor)
+
+
+@pytest.mark.parametrize("name", PROBE_NAMES)
+def test_eval_mode_and_no_grad_are_harmless(name):
+    """Same outputs, bitwise, with the probe as without; and the evaluation pass is not counted
+    (its examples are no training examples): the summary is what it is without that pass."""
+    reference = eval_then_train(fresh("inplace"))  # no probe
+    summaries = []
+    for evaluate in (True, False):
+        model = fresh("inplace")
+        probe = probes.PROBES[name]()
+        with Monitor([probe], sink=MemorySink(), every=1).attach(model) as monitor:
+            outputs = eval_then_train(model, monitor, evaluate)
+        assert hook_count(model) == 0
+        expected = reference if evaluate else reference[1:]
+        assert len(outputs) == len(expected) and all(torch.equal(a, b) for a, b in zip(expected, outputs))
+        summaries.append(probe.summary())
+    assert summaries[0] == summaries[1]
+    if name == "dead_inputs":  # 2 training steps of 8 examples
+        assert summaries[0]["examples"] == 16, summaries[0]
+    if name == "dead_units":
+        assert [layer["examples"] for layer in summaries[0]["layers"].values()] == [16, 16], summaries[0]
 
 
 @pytest.mark.parametrize("name", PROBE_NAMES)
@@ -164,7 +165,7 @@ def test_model_moved_to_another_dtype_after_attach(name):
         loss = model(x).pow(2).mean()
         loss.backward()
         monitor.step(loss)
-    assert hooks_left(model) == 0
+    assert hook_count(model) == 0
 
 
 def test_grad_probe_sees_gradient_before_an_inplace_relu():
@@ -184,6 +185,26 @@ def test_grad_probe_sees_gradient_before_an_inplace_relu():
     assert sink.scalars["output_grad_norm/fc1"][0][1] == pytest.approx(captured["g"].norm().item(), rel=1e-6)
 
 
+def test_attach_detach_cycles_leave_no_hook_and_nothing_alive():
+    """The fast counterpart of the next test: after a few cycles, once dropped, every monitor
+    and probe is garbage (nothing on the model, nor anywhere else, still holds one)."""
+    model = fresh("shared")
+    x = torch.randn(4, 6)
+    alive = []
+    for _ in range(5):
+        monitor = probes.watch(model, probes="all", every=1)
+        model(x).sum().backward()
+        monitor.step()
+        monitor.detach()
+        model.zero_grad(set_to_none=True)
+        alive += [weakref.ref(monitor), *(weakref.ref(p) for p in monitor.probes)]
+    del monitor
+    gc.collect()
+    assert hook_count(model) == 0
+    assert [r() for r in alive if r() is not None] == []
+
+
+@pytest.mark.slow  # tracemalloc over 1000 cycles: a minute on a busy machine
 def test_attach_detach_a_thousand_times_leaves_nothing():
     model = fresh("shared")
     x = torch.randn(4, 6)
@@ -205,5 +226,5 @@ def test_attach_detach_a_thousand_times_leaves_nothing():
     gc.collect()
     growth = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
-    assert hooks_left(model) == 0
+    assert hook_count(model) == 0
     assert growth < 256 * 1024, f"memory grew by {growth} bytes over 1000 attach/detach cycles"

@@ -11,7 +11,8 @@ import probes
 import probes.monitor
 from probes import ActivationStats, GradientStats, MemorySink, Monitor
 
-from test_probes import hook_count, small_net
+from conftest import hook_count
+from test_probes import small_net
 
 PROBES_DIR = str(Path(probes.__file__).resolve().parent)
 # every way a tensor's value reaches Python (each a device sync on an accelerator)

@@ -26,7 +26,8 @@ def test_always_zero_features_match_the_data_and_evaluation_is_not_counted():
     assert 0 in expected and len(expected) < 12
     summary = probe.summary()
     assert summary["always_zero"] == expected
-    assert summary == {"layer": "1", "features": 12, "examples": 40, "skipped": 0, "always_zero": expected}
+    assert summary == {"layer": "1", "features": 12, "examples": 40, "skipped": 0, "always_zero": expected,
+                       "feature_kind": "input"}
 
 
 def test_model_input_and_conv_features_are_everything_but_the_batch():

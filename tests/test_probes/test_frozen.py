@@ -2,6 +2,7 @@
 import torch
 from torch import nn
 
+from conftest import batches, fit
 from probes import FrozenWeights, Monitor
 
 
@@ -12,15 +13,7 @@ def net():
 
 def train(model, monitor, dead=(2, 7), steps=6):
     opt = torch.optim.RMSprop(model.parameters(), lr=1e-3, alpha=0.9, eps=1e-7)
-    gen = torch.Generator().manual_seed(1)
-    for _ in range(steps):
-        x = torch.randn(32, 10, generator=gen)
-        x[:, list(dead)] = 0
-        opt.zero_grad()
-        loss = nn.functional.cross_entropy(model(x), torch.randint(0, 3, (32,), generator=gen))
-        loss.backward()
-        opt.step()
-        monitor.step(loss)
+    fit(model, batches(steps, 32, 10, seed=1, zero=dead), opt, monitor)
 
 
 def test_masks_match_bitwise_comparison_and_zero_inputs_are_the_frozen_columns():

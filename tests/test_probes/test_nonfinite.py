@@ -2,6 +2,7 @@
 import torch
 from torch import nn
 
+from conftest import hook_count
 from probes import Monitor
 from probes.nonfinite import NonFiniteSentinel
 
@@ -30,13 +31,13 @@ def test_finite_run_trips_nothing():
     assert not run(net(), None, None).tripped
 
 
-def test_nan_weight_in_second_layer_is_found_at_its_output():
+def test_nan_weight_in_second_layer_is_named_as_that_parameter():
     def poison(model, x):
         with torch.no_grad():
             model[2].weight[0, 0] = float("nan")
 
     sentinel = run(net(), 2, poison)
-    assert (sentinel.event.step, sentinel.event.where, sentinel.event.name) == (2, "activation", "2")
+    assert (sentinel.event.step, sentinel.event.where, sentinel.event.name) == (2, "parameter", "2.weight")
 
 
 def test_gradient_overflow_is_found_in_the_gradient():
@@ -62,7 +63,9 @@ def test_finding_the_layer_changes_neither_the_random_stream_nor_the_running_sta
         monitor.step(model(torch.randn(6, 4)).sum())  # step 0 logs (its hooks check every layer); step 1 does not
         assert not monitor.logging
         x = torch.randn(6, 4)
-        x[2, 1] = float("inf")  # Linear 0's output becomes non-finite for that example
+        x[2, :] = 1e3
+        with torch.no_grad():
+            model[0].weight.mul_(1e38)  # finite weights and inputs, Linear 0's output overflows to inf
         loss = model(x).pow(2).sum()
         buffers = [b.clone() for b in model.buffers()]
         rng = torch.get_rng_state()
@@ -93,7 +96,7 @@ def test_an_inf_a_relu_hides_is_not_an_event():
     assert not sentinel.tripped
 
 
-def test_without_check_loss_the_step_is_still_right_and_a_gradient_is_blamed():
+def test_without_check_loss_nor_an_optimizer_the_poisoned_parameter_is_named():
     def poison(model, x):
         with torch.no_grad():
             model[2].weight[0, 0] = float("nan")
@@ -108,7 +111,32 @@ def test_without_check_loss_the_step_is_still_right_and_a_gradient_is_blamed():
             loss = model(torch.randn(5, 4)).pow(2).sum()
             loss.backward()
             monitor.step(loss)
-    assert (sentinel.event.step, sentinel.event.where) == (2, "gradient")
+    assert (sentinel.event.step, sentinel.event.where, sentinel.event.name) == (2, "parameter", "2.weight")
+
+
+def test_through_the_optimizer_hook_a_layer_that_overflows_is_named_with_no_call_in_the_loop():
+    """Finite weights and inputs; one layer's output overflows. The check runs in the optimizer's
+    pre-step hook, where the weights are still those of the forward pass, so the replay names it."""
+    model = net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    sentinel = NonFiniteSentinel()
+    with Monitor([sentinel], every=100).attach(model, optimizer=opt):
+        for step in range(3):
+            x = torch.randn(5, 4)
+            if step == 1:
+                x *= 1e3
+                with torch.no_grad():
+                    model[2].weight.mul_(1e38)
+            opt.zero_grad()
+            model(x).pow(2).sum().backward()
+            opt.step()
+    assert (sentinel.event.step, sentinel.event.where, sentinel.event.name) == (1, "activation", "2")
+
+
+def layer_hooks(model):
+    """Hooks on the model's layers (its submodules), not on the model itself or its parameters."""
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+               for m in model.modules() if m is not model)
 
 
 def test_probes_on_or_off_the_same_training():
@@ -118,17 +146,25 @@ def test_probes_on_or_off_the_same_training():
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
         torch.manual_seed(1)
         monitor = Monitor([NonFiniteSentinel()], every=3).attach(model) if with_sentinel else None
+        hooks = [(hook_count(model), layer_hooks(model))]  # at attach, then in each step after backward
         for _ in range(5):
             opt.zero_grad()
             loss = model(torch.randn(6, 4)).pow(2).mean()
             if monitor:
                 monitor["nonfinite"].check_loss(loss)
             loss.backward()
+            hooks.append((hook_count(model), layer_hooks(model)))
             opt.step()
             if monitor:
                 monitor.step(loss)
         if monitor:
             monitor.detach()
-        return [t.clone() for t in model.state_dict().values()]
+        return [t.clone() for t in model.state_dict().values()], hooks
 
-    assert all(torch.equal(a, b) for a, b in zip(train(True), train(False)))
+    (weights, hooks), (plain, no_hooks) = train(True), train(False)
+    assert all(torch.equal(a, b) for a, b in zip(weights, plain))
+    assert no_hooks == [(0, 0)] * 6
+    attached, steps = hooks[0], hooks[1:]
+    between_logs = [h for step, h in enumerate(steps) if step % 3 != 0]  # steps 1, 2 and 4
+    assert attached[0] > 0 and attached[1] == 0  # what it keeps: on the model and its parameters
+    assert between_logs == [attached] * 3, hooks  # nothing added between logs, none on a layer

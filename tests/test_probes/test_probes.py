@@ -1,11 +1,15 @@
 """Each probe against an independent computation, and probes never change training."""
 import copy
+import importlib
+import inspect
+import pkgutil
 
 import pytest
 import torch
 from torch import nn
 
 import probes
+from conftest import batches, fit, hook_count
 from probes import (ActivationStats, DeadInputs, FrozenWeights, GradientStats, MemorySink, Monitor, ProbeError,
                     UpdateRatio, WeightChange)
 
@@ -18,27 +22,8 @@ def small_net():
 
 
 def train(model, steps=5, monitor=None, seed=1):
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    for _ in range(steps):
-        x = torch.randn(32, 8, generator=gen)
-        y = torch.randint(0, 3, (32,), generator=gen)
-        opt.zero_grad()
-        loss = nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        if monitor is not None:
-            monitor.step(loss)
+    fit(model, batches(steps, 32, 8, seed=seed), torch.optim.SGD(model.parameters(), lr=0.5), monitor)
     return model
-
-
-def hook_count(model):
-    n = 0
-    for m in model.modules():
-        n += len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
-    for p in model.parameters():
-        n += len(getattr(p, "_post_accumulate_grad_hooks", None) or {})
-    return n
 
 
 @pytest.mark.parametrize("probe_cls", PROBE_CLASSES)
@@ -57,9 +42,27 @@ def test_probe_leaves_training_bitwise_unchanged_and_detaches_cleanly(probe_cls)
     assert set(sink.scalars) - {"train/loss"} or sink.histograms or probe.summary()
 
 
-def test_every_public_probe_is_listed():
-    for name in probes.__all__:
-        assert hasattr(probes, name)
+def test_every_probe_defined_in_the_package_is_exported_and_registered():
+    """Walks probes/'s modules, so that a new probe file is caught if ``__init__`` or ``PROBES``
+    forgets it. A probe is a ``Probe`` subclass with a menu ``name`` of its own; a base that
+    shares plumbing (``SnapshotProbe``) has none. probes.lightning is skipped where Lightning
+    is not installed."""
+    defined = set()
+    for info in pkgutil.iter_modules(probes.__path__, "probes."):
+        try:
+            module = importlib.import_module(info.name)
+        except ImportError:
+            if info.name == "probes.lightning":
+                continue
+            raise
+        defined |= {cls for _, cls in inspect.getmembers(module, inspect.isclass)
+                    if issubclass(cls, probes.Probe) and cls is not probes.Probe and cls.__module__ == info.name
+                    and "name" in vars(cls)}
+    assert {ActivationStats, GradientStats, DeadInputs} <= defined  # the walk finds them
+    for cls in defined:
+        assert cls.__name__ in probes.__all__ and getattr(probes, cls.__name__) is cls, cls
+        assert probes.PROBES.get(cls.name) is cls, cls
+    assert defined == set(probes.PROBES.values())
 
 
 def test_attaching_twice_says_so_and_detach_is_idempotent():
