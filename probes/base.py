@@ -69,8 +69,8 @@ class Probe:
       :func:`probes.distributed.reduce_state` are built from it, with the records not yet
       collected and the histogram sampler's generator.
     * hooks through :meth:`_forward_hook`, :meth:`_forward_pre_hook` and :meth:`_grad_hook`,
-      which call the measurement only while :attr:`measuring` (and, for forward hooks, in a
-      pass with gradients: evaluation under ``torch.no_grad`` is not training).
+      which call the measurement only while :attr:`measuring` and, for forward hooks, in a
+      training pass (not evaluation, recomputation counted once: :meth:`_guard_forward`).
     """
 
     #: short name used in ``Monitor`` menus and summary.json
