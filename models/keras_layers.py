@@ -12,7 +12,13 @@ KERAS_BN_MOMENTUM = 0.01
 
 class _KerasBatchNorm(nn.modules.batchnorm._BatchNorm):
     """BatchNorm whose moving variance is updated with the *biased* batch variance, as Keras
-    does (torch uses the unbiased one). Normalisation itself is identical in both."""
+    does (torch uses the unbiased one). Normalisation itself is identical in both.
+
+    torch's kernel updates ``running_var`` to ``(1 - m) * rv + m * n / (n - 1) * biased``
+    (``n`` values per channel). Handing it ``rv * n / (n - 1)`` and dividing the result by
+    ``n / (n - 1)`` gives Keras' ``(1 - m) * rv + m * biased`` from the statistics the kernel
+    computes anyway: one pass over the batch instead of a second ``var_mean`` (~14% of a cnn
+    step on CPU), equal to it up to float rounding (tests/test_keras_weights.py)."""
 
     def __init__(self, num_features: int) -> None:
         super().__init__(num_features, eps=KERAS_BN_EPS, momentum=KERAS_BN_MOMENTUM)
@@ -21,13 +27,15 @@ class _KerasBatchNorm(nn.modules.batchnorm._BatchNorm):
         self._check_input_dim(x)
         if not self.training:
             return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
-        dims = [0] + list(range(2, x.dim()))
+        n = x.numel() // x.shape[1]
+        bessel = n / (n - 1) if n > 1 else 1.0
         with torch.no_grad():
-            var, mean = torch.var_mean(x, dim=dims, unbiased=False)
-            self.running_mean.lerp_(mean, self.momentum)
-            self.running_var.lerp_(var, self.momentum)
+            scaled_var = self.running_var * bessel  # a copy: the kernel's backward keeps it
             self.num_batches_tracked.add_(1)
-        return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
+        out = F.batch_norm(x, self.running_mean, scaled_var, self.weight, self.bias, True, self.momentum, self.eps)
+        with torch.no_grad():
+            self.running_var.copy_(scaled_var / bessel)
+        return out
 
 
 class KerasBatchNorm1d(_KerasBatchNorm, nn.BatchNorm1d):
