@@ -81,9 +81,11 @@ class ClassicMomentum(Optimizer):
 def build_optimizer(name: str, params: Iterable, lr: float) -> Optimizer:
     """Build an optimizer by name with the Keras 2 defaults other than ``lr``."""
     if name == "adadelta":  # Keras 2: rho=0.95, epsilon=K.epsilon()=1e-7 (torch default eps 1e-6)
-        return torch.optim.Adadelta(params, lr=lr, rho=0.95, eps=KERAS_EPSILON)
+        # foreach: one fused call per state tensor kind instead of a Python loop over parameters
+        # (the cnn's step 20 -> 16 ms on one CPU thread; torch picks it by itself on CUDA only)
+        return torch.optim.Adadelta(params, lr=lr, rho=0.95, eps=KERAS_EPSILON, foreach=True)
     if name == "rmsprop":  # Keras 2: rho=0.9 (torch alpha), eps outside sqrt in both
-        return torch.optim.RMSprop(params, lr=lr, alpha=0.9, eps=KERAS_EPSILON)
+        return torch.optim.RMSprop(params, lr=lr, alpha=0.9, eps=KERAS_EPSILON, foreach=True)
     if name == "adam":
         return KerasAdam(params, lr=lr)
     if name == "momentum":
