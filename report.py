@@ -25,6 +25,7 @@ import train
 from experiments.mnist import DataError
 from experiments.studies import STUDIES
 from probes.diagnosis import SEVERITIES
+from probes.thresholds import UPDATE_RATIO_SPREAD
 
 # Budgets. The cnn needs confident predictions (target probabilities < 1e-7) before the clip
 # bites, and BatchNorm's moving averages at Keras' momentum 0.99 need a few hundred steps to
@@ -127,7 +128,8 @@ def judge_reparam(s: Dict[str, Dict]) -> Verdict:
                 + ", ".join(f"v{v} {x:.3f}" for v, x in loss.items())
                 + f"; \\|\\|update\\|\\|/\\|\\|weight\\|\\| apart {spread}")
     return Verdict("reparameterised nets train at different speeds (scaled-conv --compare)", measured,
-                   "variant 1 lowest loss; `update-ratio-imbalance` (ratios >= 10x apart)", ok, ["scaled-conv"],
+                   f"variant 1 lowest loss; `update-ratio-imbalance` (ratios >= {UPDATE_RATIO_SPREAD:.0f}x apart)", ok,
+                   ["scaled-conv"],
                    [f] if f else [])
 
 

@@ -108,6 +108,17 @@ def evaluate(model, task: Task, loss_fn, split: Split, batch_size: int, device: 
     return total / n, correct / units
 
 
+def check_setup(runs: List[Run], task: Task, loss_fn, split: Split, batch_size: int, device: torch.device,
+                show: bool = True) -> None:
+    """probes.check of each run's model and loss on the first training batch, before any step
+    (weights, buffers and random streams untouched): its findings join the diagnosis at the end."""
+    x, target = task.batch(split.images[:batch_size], split.labels[:batch_size], device)
+    for r in runs:
+        found = r.monitor.check(lambda output, t: loss_fn(output, t).mean(), (x, target))
+        if found and show:
+            print(f"check{' variant ' + r.label if r.label else ''} (before training): {as_text(found)}", flush=True)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit status 2 (usage)
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
@@ -307,6 +318,7 @@ def run(args: argparse.Namespace, ctx: Optional[Context] = None) -> Dict:
                       flush=True)
             elif ctx.is_main:
                 checkpoint.save(run_dir, runs, 0, generator)
+            check_setup(runs, task, loss_fn, train_split, args.batch_size, device, ctx.is_main)
             guard = Guard(runs, stop, args.keep_going)
             for epoch in range(done + 1, args.epochs + 1):
                 results = train_epoch(runs, task, loss_fn, train_split, args.batch_size, generator, device,

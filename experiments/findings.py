@@ -1,5 +1,6 @@
-"""The diagnosis of a train.py run: probes.diagnose over each run's statistics, plus the
-comparison of scaled-conv's variants; written to the console, summary.json and TensorBoard."""
+"""The diagnosis of a train.py run: probes.diagnose over each run's statistics (with what
+probes.check found before training), plus the comparison of scaled-conv's variants; written to
+the console, summary.json and TensorBoard."""
 from __future__ import annotations
 
 from typing import Any, Dict, List
@@ -19,11 +20,13 @@ def findings_for(runs: List[Run], facts: Dict[str, Any]) -> List[Finding]:
     scan = dict(facts["pair_scan"], step=runs[0].monitor.global_step) if "pair_scan" in facts else None
     if len(runs) == 1:
         r = runs[0]
-        return diagnose(r.monitor.summary(), scalars=r.memory.scalars, model=r.model, pair_scan=scan)
+        return diagnose(r.monitor.summary(), scalars=r.memory.scalars, model=r.model, pair_scan=scan,
+                        checks=r.monitor.checks)
     findings = compare_update_ratios({f"variant {r.label}": r.monitor.summary() for r in runs})
     merged = bool(findings)
     for r in runs:
-        for f in diagnose(r.monitor.summary(), scalars=r.memory.scalars, model=r.model, pair_scan=scan):
+        for f in diagnose(r.monitor.summary(), scalars=r.memory.scalars, model=r.model, pair_scan=scan,
+                          checks=r.monitor.checks):
             if merged and f.id == "update-ratio-imbalance":
                 continue
             f.evidence["run"] = f"variant {r.label}"

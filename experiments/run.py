@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from models.optimizers import build_optimizer
-from probes import (ActivationStats, DeadUnits, GradientStats, MemorySink, Monitor, NonFiniteSentinel, Prefixed,
-                    Probe, Tee)
+from probes import (ActivationStats, DeadUnits, GradientStats, InputStats, MemorySink, Monitor, NonFiniteSentinel,
+                    OutputStats, Prefixed, Probe, Tee)
 from probes.sinks import Sink
 
 
@@ -37,11 +37,12 @@ class Run:
 
 
 def make_run(label: str, model: nn.Module, args: argparse.Namespace, sink: Sink, extra: List[Probe]) -> Run:
-    """A run of ``model`` with the optimizer of ``args`` and the common probes plus ``extra``;
-    last, the non-finite sentinel (``monitor["nonfinite"]``), which train.py stops on."""
+    """A run of ``model`` with the optimizer of ``args`` and the common probes (the input's scale and
+    the output's form for the diagnosis among them) plus ``extra``; last, the non-finite sentinel
+    (``monitor["nonfinite"]``), which train.py stops on."""
     optimizer = build_optimizer(args.optimizer, model.parameters(), args.lr)
     memory = MemorySink(histograms=False)
     run_sink = Tee(Prefixed(sink, f"variant{label}/" if label else ""), memory)
-    monitor = Monitor([ActivationStats(), GradientStats(), DeadUnits(), *extra, NonFiniteSentinel()], sink=run_sink,
-                      every=args.log_every)
+    monitor = Monitor([ActivationStats(), GradientStats(), DeadUnits(), InputStats(), OutputStats(), *extra,
+                       NonFiniteSentinel()], sink=run_sink, every=args.log_every)
     return Run(label, model, optimizer, monitor, run_sink, memory)

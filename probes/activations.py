@@ -26,9 +26,21 @@ SQUASH_BOUNDS: Dict[type, Tuple[float, float]] = {
 HIST_SAMPLE = 2**14
 
 
+# A user's own squashing module, known by its class name (``MySigmoid``, ``ScaledTanh``): a
+# custom sigmoid saturates like torch's. ``LogSigmoid`` is not bounded above 0 and below.
+NAMED_BOUNDS: Tuple[Tuple[str, Tuple[float, float]], ...] = (("sigmoid", (0.0, 1.0)), ("tanh", (-1.0, 1.0)))
+
+
 def squash_bounds(module: nn.Module) -> Optional[Tuple[float, float]]:
-    """The output range of a squashing activation (or a subclass of one), else None."""
-    return next((b for kind, b in SQUASH_BOUNDS.items() if isinstance(module, kind)), None)
+    """The output range of a squashing activation (or a subclass of one, or a module of one's
+    name without parameters), else None."""
+    found = next((b for kind, b in SQUASH_BOUNDS.items() if isinstance(module, kind)), None)
+    if found is not None:
+        return found
+    name = type(module).__name__.lower()
+    if "log" in name or any(True for _ in module.parameters(recurse=False)):
+        return None
+    return next((b for suffix, b in NAMED_BOUNDS if name.endswith(suffix)), None)
 
 
 class ActivationStats(Probe):

@@ -12,8 +12,10 @@ from .dead_input import DeadInputs
 from .dead_units import DeadUnits
 from .frozen import FrozenWeights
 from .gradients import GradientStats
+from .inputs import InputStats
 from .monitor import Monitor
 from .nonfinite import NonFiniteSentinel
+from .outputs import OutputStats
 from .schedule import Schedule
 from .sinks import MemorySink, TensorBoardSink
 from .update_ratio import UpdateRatio
@@ -29,6 +31,8 @@ PROBES: Dict[str, type] = {
     "frozen": FrozenWeights,
     "dead_inputs": DeadInputs,
     "dead_units": DeadUnits,
+    "inputs": InputStats,
+    "outputs": OutputStats,
 }
 
 

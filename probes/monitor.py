@@ -17,6 +17,7 @@ from .distributed import reduce_records
 from .records import HostScalar, Record, Scalar, to_host
 from .schedule import Schedule, as_schedule
 from .sinks import Sink
+from .structure import describe
 
 
 #: Statistics the diagnosis rules read, kept on the monitor (a few scalars per layer a logging step).
@@ -50,6 +51,10 @@ class Monitor:
         self.close_sink = close_sink
         self.model: Optional[nn.Module] = None
         self._weight_order: List[str] = []  # the model's weight matrices, input first (for the diagnosis)
+        #: the model's layout for the diagnosis (:func:`probes.structure.describe`), read at attach
+        self.structure: Dict[str, Any] = {}
+        #: findings of :meth:`check` (before training), part of :meth:`diagnose` and :meth:`report`
+        self.checks: List[Any] = []
         #: the scalars the diagnosis rules read, ``{tag: [(step, value), ...]}``, kept whatever the sink
         self.kept: Dict[str, List[tuple]] = {}
         self._sink_closed = False
@@ -84,7 +89,8 @@ class Monitor:
                 probe.detach()
             raise
         self.model = model
-        self._weight_order = [n for n, p in model.named_parameters() if p.requires_grad and p.dim() >= 2]
+        self.structure = describe(model)
+        self._weight_order = list(self.structure["weights"])
         if optimizer is not None:
             self._optimizer_hook = optimizer.register_step_post_hook(self._after_optimizer_step)
         self._start(self.global_step)
@@ -151,8 +157,12 @@ class Monitor:
 
     def _keep(self, host: list) -> None:
         losses = [r for r in host if isinstance(r, HostScalar) and r.tag == tags.LOSS]
-        if losses:  # the last loss of each log: enough for the rules, bounded over a long run
-            self.kept.setdefault(tags.LOSS, []).append((losses[-1].step, losses[-1].value))
+        if losses:  # the last loss of each log and the window's mean, min, max: bounded over a long run
+            step, values = losses[-1].step, [r.value for r in losses]
+            self.kept.setdefault(tags.LOSS, []).append((step, values[-1]))
+            for tag, value in ((tags.LOSS_WINDOW_MEAN, sum(values) / len(values)), (tags.LOSS_WINDOW_MIN, min(values)),
+                               (tags.LOSS_WINDOW_MAX, max(values))):
+                self.kept.setdefault(tag, []).append((step, value))
         for r in host:
             if isinstance(r, HostScalar) and tags.split(r.tag)[0] in _KEPT_KINDS:
                 self.kept.setdefault(r.tag, []).append((r.step, r.value))
@@ -200,11 +210,22 @@ class Monitor:
         """End-of-run facts of every probe, ``{probe name: facts}`` in plain Python types."""
         return {p.name: p.summary() for p in self.probes if p.summary()}
 
+    def check(self, loss_fn: Any, batch: Any) -> list:
+        """:func:`probes.check` of the attached model, its findings kept for :meth:`diagnose`."""
+        from .check import check
+
+        if self.model is None:
+            raise ProbeError("this monitor is detached: attach it to a model before check()")
+        self.checks = check(self.model, loss_fn, batch)
+        return self.checks
+
     def diagnose(self, pair_scan: Optional[Dict[str, Any]] = None) -> list:
-        """The findings of the run so far (:func:`probes.diagnose`), whatever the sink."""
+        """The findings of the run so far (:func:`probes.diagnose`), with those of :meth:`check`,
+        whatever the sink."""
         from .diagnosis import diagnose
 
-        return diagnose(self.summary(), scalars=self.kept, weight_order=self._weight_order, pair_scan=pair_scan)
+        return diagnose(self.summary(), scalars=self.kept, weight_order=self._weight_order, pair_scan=pair_scan,
+                        structure=self.structure, checks=self.checks)
 
     def report(self) -> str:
         """What the probes found, in sentences: steps measured, then the findings, worst first."""

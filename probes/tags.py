@@ -10,6 +10,10 @@ from __future__ import annotations
 from typing import Dict, Mapping, Sequence, Tuple, TypeVar
 
 LOSS = "train/loss"
+# the mean, smallest and largest loss of the steps between two logs, kept by the monitor at the log
+LOSS_WINDOW_MEAN = "train/loss_window_mean"
+LOSS_WINDOW_MIN = "train/loss_window_min"
+LOSS_WINDOW_MAX = "train/loss_window_max"
 
 ACTIVATIONS = "activations"
 ACTIVATION_ZERO_FRACTION = "activation_zero_fraction"
@@ -36,6 +40,11 @@ def tag(kind: str, name: str) -> str:
 def call_name(name: str, call: int) -> str:
     """``name`` for a module's first call in a forward pass, ``name#k`` for its (k+1)-th."""
     return name if call == 0 else f"{name}#{call}"
+
+
+def module_name(name: str) -> str:
+    """The module's own name of a call name (``name#k`` -> ``name``)."""
+    return name.split("#", 1)[0]
 
 
 def series(values: Mapping[str, T], kind: str) -> Dict[str, T]:
