@@ -28,7 +28,7 @@ from experiments.batches import batches, num_batches
 from experiments.checkpoint import ResumeError
 from experiments.distributed import Context, setup, teardown
 from experiments.findings import as_json, as_text, findings_for
-from experiments.mnist import DataError, Split, load_mnist
+from experiments.mnist import DataError, Split, default_root, load_mnist
 from experiments.progress import Progress
 from experiments.rundir import RunDirError, new_run_dir, write_json
 from experiments.stopping import Guard, Interrupted, NonFiniteError, StopOnSignal
@@ -284,7 +284,10 @@ def run(args: argparse.Namespace, ctx: Optional[Context] = None) -> Dict:
         keras_state = keras_initial_state(args)
         run_dir = new_run_dir(args.model, args.run_dir) if ctx.is_main else None  # only rank 0 writes
         if ctx.is_main:
-            write_json(run_dir / "args.json", {k: v for k, v in vars(args).items() if k != "resume"})
+            # the data folder as found (from $MNIST_DIR too): `--resume DIR` then works verbatim in any shell
+            saved_args = {k: v for k, v in vars(args).items() if k != "resume"}
+            saved_args["data_dir"] = str(default_root(args.data_dir).resolve())
+            write_json(run_dir / "args.json", saved_args)
     torch.manual_seed(args.seed)
     task = TASKS[args.task]
     loss_fn = LOSSES[args.loss][task.loss_kind]

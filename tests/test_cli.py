@@ -1,8 +1,10 @@
 """train.py as a user runs it: a real subprocess, real MNIST, TensorBoard files read back."""
+import json
+
 import pytest
 import torch
 
-from conftest import read_events, read_summary, run_cli
+from conftest import mnist_dir, read_events, read_summary, run_cli
 
 SUMMARY_KEYS = {"model", "loss", "epochs", "steps", "test_accuracy", "pair_scan"}
 PAIR_SCAN_KEYS = {"pairs", "all_zero", "all_zero_fraction", "eps", "all_zero_iff_target_prob_clipped"}
@@ -25,6 +27,8 @@ def test_dry_run_writes_summary_and_tensorboard(tmp_path):
     assert [e.step for e in events.Scalars("train/loss")] == [0, 1, 2, 3]
     assert [e.step for e in events.Histograms("grad/fc1.weight")] == [0, 1, 2, 3]
     assert "summary" in "".join(events.Tags()["tensors"])  # the plain-words text
+    # the data folder came from $MNIST_DIR: args.json keeps it, so `--resume DIR` works in any shell
+    assert json.loads((run_dir / "args.json").read_text())["data_dir"] == str(mnist_dir().resolve())
 
 
 def test_diagnosis_of_a_two_step_run_is_printed_saved_and_in_tensorboard(tmp_path, mnist):
