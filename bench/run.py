@@ -28,23 +28,36 @@ sys.path.insert(0, str(REPO))  # run as a script: the repository's packages, ben
 
 import torch  # noqa: E402
 
+from bench.benchmarks.compiled_probes import compiled_probes  # noqa: E402
 from bench.benchmarks.configurations import configurations  # noqa: E402
+from bench.benchmarks.keras_step import train_vs_keras  # noqa: E402
 from bench.benchmarks.memory import cuda_memory, memory  # noqa: E402
 from bench.benchmarks.overhead import probe_overhead  # noqa: E402
 from bench.benchmarks.pair_scans import pair_scans  # noqa: E402
+from bench.benchmarks.port_speed import port_vs_plain  # noqa: E402
+from bench.benchmarks.small_model import BATCH as SMALL_BATCH, probe_overhead_small  # noqa: E402
 from bench.benchmarks.throughput import throughput  # noqa: E402
 from bench.results import assemble, table  # noqa: E402
 from bench.results_report import write_report  # noqa: E402
 from bench.sizes import SIZES, Sizes  # noqa: E402
+from bench.timing import thread_counts  # noqa: E402
 from bench.workload import fixed_batches, fresh_cnn, train_step  # noqa: E402
 from experiments.mnist import load_mnist  # noqa: E402
 
 
-def measure(data, device: torch.device, sizes: Sizes, tmp: str, log) -> Dict:
-    """Every benchmark on one device: ``details[device.type]`` of results.json."""
+def measure(data, device: torch.device, sizes: Sizes, tmp: str, threads_default: int, log) -> Dict:
+    """Every benchmark on one device: ``details[device.type]`` of results.json. The ratios of
+    issue 14 are measured at one thread and at torch's default count (each sets its own and
+    puts the run's back); the others at the count ``configurations`` chose."""
     xs = fixed_batches(data["train"], sizes.batch, device)  # one seeded shuffle; each takes a prefix
+    counts = thread_counts(threads_default) if device.type == "cpu" else [torch.get_num_threads()]
     d: Dict = {"configurations": configurations(xs[:4], device, sizes, log),  # sets the thread count
                "probe_overhead": probe_overhead(xs, device, sizes, tmp, log)}
+    small = fixed_batches(data["train"], SMALL_BATCH, device)
+    d["small_model"] = probe_overhead_small(small, device, sizes, tmp, counts, log)
+    d["port_speed"] = port_vs_plain(xs[:4], device, sizes, counts, log)
+    d["compiled_probes"] = compiled_probes(xs[:4], device, sizes, tmp, counts, log)
+    d["keras"] = train_vs_keras(xs[:4], device, sizes, tmp, counts, log)
     if device.type == "cpu":
         d["memory"] = memory(sizes, torch.get_num_threads(), log)
     else:
@@ -79,7 +92,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         for device in devices:
             log(f"== {device} ==")
-            details[device.type] = measure(data, device, sizes, tmp, log)
+            details[device.type] = measure(data, device, sizes, tmp, threads_default, log)
     results = assemble(details, mode_name, sizes, started, load_start, threads_default)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,9 +1,10 @@
 """Timing that holds up on a shared machine: synchronised calls, interleaved comparisons and
-medians with their spread, and the probes' own hook time."""
+medians with their spread, the probes' own hook time, and ratios measured at several thread counts."""
 from __future__ import annotations
 
 import statistics
 import time
+from contextlib import contextmanager
 from typing import Callable, Dict, List
 
 import torch
@@ -78,3 +79,40 @@ class HookClock:
             finally:
                 self.seconds += time.perf_counter() - start
         return timed
+
+
+def thread_counts(default: int) -> List[int]:
+    """The thread counts a ratio is measured at: one thread, and torch's default when that differs."""
+    return sorted({1, default})
+
+
+@contextmanager
+def threads(n: int):
+    """torch's intra-op threads set to ``n`` inside, put back after (the run keeps its chosen count)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def at_thread_counts(measure: Callable[[int], Dict], counts: List[int], key: str, higher_is_better: bool) -> Dict:
+    """``measure(n)`` at each thread count; the headline ``key`` is the *worse* of them (a goal
+    must hold at one thread and at the default alike), with the count it came from; every count's
+    own figures stay under ``by_threads``. ``measure`` returns a dict holding ``key`` as a spread,
+    or with ``error`` when it could not measure."""
+    by = {}
+    for n in counts:
+        with threads(n):
+            by[str(n)] = measure(n)
+    measured = {n: r for n, r in by.items() if isinstance(r.get(key), dict)}
+    out: Dict = {"by_threads": by}
+    if not measured:
+        out[key] = None
+        out["error"] = "; ".join(f"{n} thread(s): {r.get('error', 'not measured')}" for n, r in by.items())
+        return out
+    pick = (min if higher_is_better else max)(measured, key=lambda n: measured[n][key]["median"])
+    out[key] = measured[pick][key]
+    out[f"{key}_threads"] = int(pick)
+    return out

@@ -12,21 +12,22 @@ from experiments.batches import batches, to_float
 from experiments.mnist import Split
 from models.losses import keras2_crossentropy
 from models.optimizers import build_optimizer
-from probes import ActivationStats, DeadUnits, GradientStats, Monitor, NonFiniteSentinel, watch
+from probes import ActivationStats, DeadUnits, GradientStats, InputStats, Monitor, NonFiniteSentinel, OutputStats, watch
 
 from .timing import HookClock
 
 LOSS = keras2_crossentropy  # the cnn's recipe: Keras 2 categorical cross-entropy
 DEFAULT_EVERY = 100  # train.py's --log-every default
 FIXED_BATCHES = 8  # the most batches any benchmark cycles through (probe overhead)
+# train.py's probes for the cnn, in its order (experiments/run.py make_run; the sentinel last)
+TRAIN_PY_PROBES = (ActivationStats, GradientStats, DeadUnits, InputStats, OutputStats, NonFiniteSentinel)
 
 
-def fresh_cnn(device: torch.device, channels_last: bool = False):
-    """The cnn with seed-0 weights and its recipe's optimizer: (model, optimizer)."""
+def fresh_cnn(device: torch.device, channels_last: Optional[bool] = None):
+    """The cnn with seed-0 weights and its recipe's optimizer: (model, optimizer). ``channels_last``
+    None: the layout ``models.build`` gives (channels_last); True/False: that layout."""
     torch.manual_seed(0)
-    model = models.build("cnn").to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = models.build("cnn", **({} if channels_last is None else {"channels_last": channels_last})).to(device)
     recipe = models.RECIPES["cnn"]
     return model, build_optimizer(recipe.optimizer, model.parameters(), recipe.lr)
 
@@ -48,11 +49,11 @@ def train_step(model, optimizer, x, y, monitor: Optional[Monitor] = None, end_st
 
 
 def probed(model, log_dir: str, log_every: int, hist_sample="default", clock: Optional[HookClock] = None) -> Monitor:
-    """train.py's probes (experiments/study.py make_run: activations, gradients, dead units and
-    the non-finite sentinel, which reads the loss's and the gradients' finiteness to the host
-    every step by design) with a TensorBoard sink; ``with`` it, or ``__exit__`` to detach and close."""
+    """train.py's probes (:data:`TRAIN_PY_PROBES`: activations, gradients, dead units, the input's
+    scale and the output's form, and the non-finite sentinel) with a TensorBoard sink; ``with``
+    it, or ``__exit__`` to detach and close. ``hist_sample`` goes to the two statistics probes."""
     kw = {} if hist_sample == "default" else {"hist_sample": hist_sample}
-    probes = [ActivationStats(**kw), GradientStats(**kw), DeadUnits(), NonFiniteSentinel()]
+    probes = [cls(**kw) if cls in (ActivationStats, GradientStats) else cls() for cls in TRAIN_PY_PROBES]
     if clock is not None:
         for probe in probes:
             clock.wrap(probe)

@@ -33,8 +33,8 @@ class _KerasBatchNorm(nn.modules.batchnorm._BatchNorm):
             scaled_var = self.running_var * bessel  # a copy: the kernel's backward keeps it
             self.num_batches_tracked.add_(1)
         out = F.batch_norm(x, self.running_mean, scaled_var, self.weight, self.bias, True, self.momentum, self.eps)
-        with torch.no_grad():
-            self.running_var.copy_(scaled_var / bessel)
+        with torch.no_grad():  # one op, not a division and a copy: on a GPU each op is a launch
+            torch.div(scaled_var, bessel, out=self.running_var)
         return out
 
 

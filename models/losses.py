@@ -27,7 +27,8 @@ Both return one loss per example; the caller takes the mean as Keras does.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict
+from functools import lru_cache
+from typing import Callable, Dict, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +44,14 @@ def clip_bounds(dtype: torch.dtype = torch.float32) -> tuple:
     return eps, 1 - eps
 
 
+@lru_cache(maxsize=None)
+def _clip_floats(dtype: torch.dtype) -> Tuple[float, float]:
+    """:func:`clip_bounds` as Python floats, made once per dtype: the losses run every step, and
+    building two tensors and reading them back (``.item()``) each time costs more than the clip."""
+    lo, hi = clip_bounds(dtype)
+    return lo.item(), hi.item()
+
+
 def keras_probabilities(logits: torch.Tensor) -> torch.Tensor:
     """Softmax followed by Keras 2's renormalisation ``p /= sum(p)``: the p that gets clipped."""
     p = torch.softmax(logits, dim=-1)
@@ -52,8 +61,8 @@ def keras_probabilities(logits: torch.Tensor) -> torch.Tensor:
 def keras_categorical_crossentropy(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Keras 2 ``categorical_crossentropy(target, output)`` on probabilities, per example."""
     probs = probs / probs.sum(dim=-1, keepdim=True)
-    lo, hi = clip_bounds(probs.dtype)
-    probs = torch.clamp(probs, lo.item(), hi.item())
+    lo, hi = _clip_floats(probs.dtype)
+    probs = torch.clamp(probs, lo, hi)
     return -(target * torch.log(probs)).sum(dim=-1)
 
 
@@ -73,8 +82,8 @@ def keras2_binary_crossentropy(logits: torch.Tensor, target: torch.Tensor) -> to
     Keras 2 clips the probability to [eps, 1 - eps], turns it back into a logit with
     ``log(p / (1 - p))`` and calls ``sigmoid_cross_entropy_with_logits``.
     """
-    lo, hi = clip_bounds(logits.dtype)
-    p = torch.clamp(torch.sigmoid(logits), lo.item(), hi.item())
+    lo, hi = _clip_floats(logits.dtype)
+    p = torch.clamp(torch.sigmoid(logits), lo, hi)
     return F.binary_cross_entropy_with_logits(torch.log(p / (1 - p)), target, reduction="none")
 
 

@@ -103,3 +103,25 @@ def test_rmsprop_is_keras2_and_a_zero_gradient_leaves_a_weight_bitwise_unchanged
     expected = torch.tensor([0.5, -0.25]) - 0.001 * g / (a.sqrt() + 1e-7)
     assert torch.allclose(w.detach(), expected, rtol=1e-6)
     assert w[1].item() == -0.25
+
+
+
+def test_cnn_runs_channels_last_and_computes_the_nchw_function():
+    """The cnn's default layout is channels_last (speed, bench/: port_vs_plain_torch): same weights bit
+    for bit as the NCHW build, the same outputs and gradients to float rounding, one state_dict for both."""
+    torch.manual_seed(0)
+    cl = models.build("cnn")
+    torch.manual_seed(0)
+    nchw = models.build("cnn", channels_last=False)
+    assert cl.conv2.weight.is_contiguous(memory_format=torch.channels_last) and nchw.conv2.weight.is_contiguous()
+    assert all(torch.equal(a, b) for a, b in zip(cl.state_dict().values(), nchw.state_dict().values()))
+    x = torch.rand(8, 1, 28, 28)
+    cl.eval(), nchw.eval()
+    out_cl, out = cl(x), nchw(x)
+    assert torch.allclose(out_cl, out, rtol=1e-5, atol=1e-5)
+    out_cl.square().sum().backward()
+    out.square().sum().backward()
+    for (name, a), b in zip(cl.named_parameters(), nchw.parameters()):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-5), name
+    nchw.load_state_dict(cl.state_dict())  # and back: the layout stays each model's own
+    assert nchw.conv2.weight.is_contiguous()

@@ -81,7 +81,8 @@ def test_output_gradient_shape_and_logits(loss_fn):
     assert result.output_grad.shape == (4, 10, 10)
     assert result.pairs == 40
     model.eval()
-    assert torch.allclose(result.logits, model(x), atol=1e-6)
+    # the scan runs image by image: batch 1 and batch 4 differ by float rounding (~4e-6 on logits ~12)
+    assert torch.allclose(result.logits, model(x), atol=1e-5)
 
 
 # -- the closed-form norms against torch.func and plain autograd ---------------------------

@@ -49,8 +49,9 @@ def _threads(xs, device: torch.device, sizes: Sizes, default_threads: int, log) 
 
 
 def _channels_last(xs, device: torch.device, sizes: Sizes, log) -> Dict:
-    """Same weights, same batches in either layout; the outputs must agree."""
-    (m1, o1), (m2, o2) = fresh_cnn(device), fresh_cnn(device, channels_last=True)
+    """Same weights, same batches in either layout (the port's default is channels_last); the outputs
+    must agree."""
+    (m1, o1), (m2, o2) = fresh_cnn(device, channels_last=False), fresh_cnn(device, channels_last=True)
     xl = [(x.contiguous(memory_format=torch.channels_last), y) for x, y in xs]
     with torch.no_grad(), inference_mode_of(m1), inference_mode_of(m2):
         agree = torch.allclose(m1(xs[0][0]), m2(xl[0][0]), rtol=1e-4, atol=1e-5)
