@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
 from probes import DeadInputs, FrozenWeights, Probe
+from probes.layout import Category, chart
+from probes.records import HostScalar
 from probes.sinks import Sink
 
 from .plots import frozen_inputs_figure
@@ -30,6 +32,11 @@ def relation(frozen: set, zero: set) -> str:
     return "other"
 
 
+FROZEN_ROWS = "frozen_inputs/frozen_rows"
+ALWAYS_ZERO_PIXELS = "frozen_inputs/always_zero_pixels"
+BOTH = "frozen_inputs/frozen_and_always_zero"
+
+
 class FrozenInputsStudy(Study):
     """Attach :class:`probes.FrozenWeights` and :class:`probes.DeadInputs`; compare their sets."""
 
@@ -37,6 +44,24 @@ class FrozenInputsStudy(Study):
 
     def probes(self) -> List[Probe]:
         return [FrozenWeights(), DeadInputs()]
+
+    def dashboard(self, runs: List[Run]) -> List[Category]:
+        return [Category("dense-mlp: first-layer rows that never changed, against pixels 0 in every image", (
+            chart("first-layer rows (one per input pixel) never changed so far, pixels 0 in every training image "
+                  "so far, and both: three lines on one when the frozen rows are exactly the always-zero pixels",
+                  (FROZEN_ROWS, ALWAYS_ZERO_PIXELS, BOTH)),
+        ))]
+
+    def after_log(self, runs: List[Run], step: int, sink: Sink) -> None:
+        """The two sets' sizes so far, at each logging step (several processes: rank 0's examples)."""
+        monitor = runs[0].monitor
+        frozen, zero = monitor["frozen"].frozen_input_features(), monitor["dead_inputs"].always_zero()
+        if frozen is None or zero is None:
+            return
+        frozen_set, zero_set = set(frozen.tolist()), set(zero.tolist())
+        sink.write([HostScalar(FROZEN_ROWS, step, len(frozen_set)),
+                    HostScalar(ALWAYS_ZERO_PIXELS, step, len(zero_set)),
+                    HostScalar(BOTH, step, len(frozen_set & zero_set))])
 
     def finish(self, runs: List[Run], run_dir: Path, sink: Sink) -> Tuple[Dict[str, Any], str]:
         run = runs[0]

@@ -15,6 +15,8 @@ import torch
 
 from models.scaled_conv import ScaledConvNet
 from probes import UpdateRatio, suspended
+from probes.base import weight_matrices
+from probes.layout import Category, chart
 from probes.sinks import Sink
 
 from .plots import compare_figure
@@ -42,6 +44,17 @@ class ReparamStudy(Study):
         if self.args.compare:
             self.max_abs_output_diff_at_init = self.output_difference([r.model for r in runs])
         return runs
+
+    def dashboard(self, runs: List[Run]) -> List[Category]:
+        layers = [n for n, _ in weight_matrices(runs[0].model)]
+        prefixes = [f"variant{r.label}/" for r in runs] if self.args.compare else [""]
+        which = "variants 1, 2, 3" if self.args.compare else f"variant {self.args.variant}"
+        return [Category(f"scaled-conv: ||update|| / ||weight|| of {which}", (
+            chart(f"||update|| / ||weight|| per step, {which}, each layer ({', '.join(layers)}): the same Adam step "
+                  f"is a 3x and 200x smaller change of weights 3x and 200x larger",
+                  [f"{p}update_ratio/{layer}" for p in prefixes for layer in layers]),
+            chart(f"training loss of every step, {which}", [f"{p}train/loss" for p in prefixes]),
+        ))]
 
     @torch.no_grad()
     def output_difference(self, nets: List[torch.nn.Module]) -> float:

@@ -2,9 +2,10 @@
 
 ``train.py`` runs the same loop for every model; a study says what is particular: which
 models to build (one, or scaled-conv's three variants side by side), which probes to attach
-beyond the common ones, what to do after each epoch (the cnn's pair scan) and what to
-conclude at the end (summary facts, one plain sentence, plots). experiments/studies.py says
-which study each model gets.
+beyond the common ones, which charts answer its question (pinned first on TensorBoard's
+Custom Scalars tab), what to measure at each logging step and after each epoch (the cnn's
+pair scan) and what to conclude at the end (summary facts, one plain sentence, plots).
+experiments/studies.py says which study each model gets.
 """
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ import torch
 
 import models
 from probes import Probe
-from probes.sinks import Sink
+from probes.layout import Category
+from probes.sinks import Sink, pin
 
 from .mnist import Split
 from .run import Run, make_run
@@ -38,6 +40,26 @@ class Study:
     def make_runs(self, sink: Sink) -> List[Run]:
         model = models.build(self.args.model).to(self.device)
         return [make_run("", model, self.args, sink, self.probes())]
+
+    def dashboard(self, runs: List[Run]) -> List[Category]:
+        """The question's own charts, shown before gradient flow and the rest (none here)."""
+        return []
+
+    def pin_dashboard(self, runs: List[Run], sink: Sink) -> None:
+        """Put :meth:`dashboard` first in ``sink``'s custom-scalars layout (a TensorBoard sink's)."""
+        categories = self.dashboard(runs)
+        if categories:
+            pin(sink, *categories)
+
+    def after_step(self, runs: List[Run], sink: Sink) -> None:
+        """Called between training steps; calls :meth:`after_log` after a logging step."""
+        monitor = runs[0].monitor
+        step = monitor.global_step - 1
+        if step >= 0 and monitor.schedule(step):
+            self.after_log(runs, step, sink)
+
+    def after_log(self, runs: List[Run], step: int, sink: Sink) -> None:
+        """Measure what the question needs as a curve, at the probes' logging steps (nothing here)."""
 
     def after_epoch(self, runs: List[Run], step: int, sink: Sink) -> str:
         """Called after each epoch's evaluation; returns text for the epoch's line (or "")."""

@@ -8,10 +8,12 @@ itself needs nothing but torch.
 from __future__ import annotations
 
 import dataclasses
+import re
 import struct
 from collections import defaultdict
 from typing import Any, Dict, List, Optional, Protocol, Sequence, Tuple, Union, runtime_checkable
 
+from .layout import Category, Dashboard
 from .records import HostHistogram, HostScalar
 
 HostRecord = Union[HostScalar, HostHistogram]
@@ -104,10 +106,16 @@ class TensorBoardSink:
     Histograms arrive already binned on the device, so they go through
     ``add_histogram_raw`` instead of ``add_histogram`` (which copies every tensor to the
     host as float64 and bins it with numpy).
+
+    It also writes the run's custom-scalars layout (the "Custom Scalars" tab): the charts
+    :meth:`pin` was given, then gradient flow, loss and the rest, built by a
+    :class:`probes.layout.Dashboard` from the scalar tags it sees. The layout is written again
+    whenever a new tag appears (a handful of times a run); TensorBoard shows the last one
+    written. ``layout=False`` writes none.
     """
 
     def __init__(self, log_dir: Optional[str] = None, flush_secs: int = 30, writer: Any = None,
-                 max_queue: int = 1000, purge_step: Optional[int] = None) -> None:
+                 max_queue: int = 1000, purge_step: Optional[int] = None, layout: bool = True) -> None:
         """Write to ``log_dir``, or through an existing ``SummaryWriter`` (e.g. Lightning's
         ``TensorBoardLogger.experiment``), which is then left open on :meth:`close`.
         ``purge_step``: a resumed run's first step; TensorBoard then hides whatever an earlier
@@ -127,15 +135,53 @@ class TensorBoardSink:
                                    purge_step=purge_step)
         self.log_dir = writer.log_dir if log_dir is None else log_dir
         self.writer = writer
+        self.dashboard: Optional[Dashboard] = Dashboard() if layout else None
+        self._layout_step = 0 if purge_step is None else purge_step
+        self._layout: list = []  # the categories last written
 
     def write(self, records: Sequence[HostRecord]) -> None:
+        scalars = []
         for r in records:
             if isinstance(r, HostScalar):
                 self.writer.add_scalar(r.tag, r.value, r.step)
+                scalars.append(r)
             elif r.num > 0:
                 self.writer.add_histogram_raw(
                     r.tag, r.min, r.max, r.num, r.sum, r.sum_squares, r.bucket_limits, r.bucket_counts, r.step
                 )
+        if self.dashboard is not None and self.dashboard.observe(r.tag for r in scalars):
+            self._write_layout(max(r.step for r in scalars))
+
+    def pin(self, *categories: Category) -> None:
+        """Show ``categories`` first in the Custom Scalars tab (a question's own charts)."""
+        if self.dashboard is not None:
+            self.dashboard.pin(*categories)
+            self._write_layout(self._layout_step)
+
+    def _write_layout(self, step: int) -> None:
+        """Write the whole layout as it is now. TensorBoard's custom-scalars plugin reads only the
+        last one a run wrote, so each write replaces the previous; it is written at the latest step
+        seen, which keeps it after every earlier layout, also in a resumed run's new event file."""
+        from tensorboard.compat.proto.summary_pb2 import Summary
+        from tensorboard.compat.proto.types_pb2 import DT_STRING
+        from tensorboard.plugins.custom_scalar import layout_pb2, metadata
+
+        categories = self.dashboard.categories()
+        if categories == self._layout:
+            return  # a new tag that shows nowhere new (e.g. one already pinned)
+        self._layout = categories
+        self._layout_step = step = max(step, self._layout_step)
+        layout = layout_pb2.Layout(category=[
+            layout_pb2.Category(title=c.title, closed=c.closed, chart=[
+                layout_pb2.Chart(title=ch.title, multiline=layout_pb2.MultilineChartContent(
+                    tag=[exact(t) for t in ch.tags]))
+                for ch in c.charts])
+            for c in categories])
+        value = Summary.Value(tag=metadata.CONFIG_SUMMARY_TAG, metadata=metadata.create_summary_metadata())
+        value.tensor.dtype = DT_STRING
+        value.tensor.string_val.append(layout.SerializeToString())
+        value.tensor.tensor_shape.SetInParent()
+        self.writer._get_file_writer().add_summary(Summary(value=[value]), step)
 
     def text(self, tag: str, text: str, step: int = 0) -> None:
         self.writer.add_text(tag, text, step)
@@ -157,6 +203,11 @@ class TensorBoardSink:
             self.writer.flush()
 
 
+def exact(tag: str) -> str:
+    """A custom-scalars chart names its series by regular expressions: this one matches ``tag`` only."""
+    return "^" + re.escape(tag) + "$"
+
+
 class Tee:
     """Hands everything to several sinks, e.g. TensorBoard plus a MemorySink kept for plots."""
 
@@ -174,6 +225,10 @@ class Tee:
     def image(self, tag: str, png: bytes, step: int = 0) -> None:
         for sink in self.sinks:
             sink.image(tag, png, step)
+
+    def pin(self, *categories: Category) -> None:
+        for sink in self.sinks:
+            pin(sink, *categories)
 
     def flush(self) -> None:
         for sink in self.sinks:
@@ -202,8 +257,21 @@ class Prefixed:
     def image(self, tag: str, png: bytes, step: int = 0) -> None:
         self.sink.image(self.prefix + tag, png, step)
 
+    def pin(self, *categories: Category) -> None:
+        pin(self.sink, *(dataclasses.replace(c, charts=tuple(
+            dataclasses.replace(ch, tags=tuple(self.prefix + t for t in ch.tags)) for ch in c.charts))
+            for c in categories))
+
     def flush(self) -> None:
         self.sink.flush()
 
     def close(self) -> None:
         pass
+
+
+def pin(sink: Sink, *categories: Category) -> None:
+    """Show ``categories`` first on ``sink``'s dashboard, if it draws one (a sink without a
+    ``pin`` method, e.g. :class:`MemorySink` or a caller's own, has none and is left alone)."""
+    method = getattr(sink, "pin", None)
+    if method is not None:
+        method(*categories)

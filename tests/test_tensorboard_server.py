@@ -52,8 +52,8 @@ def served_run(tmp_path_factory):
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             try:
-                tags = get_json(base, "/data/plugin/scalars/tags")
-                if tags.get("."):
+                # the findings text is written last: once it is served, the whole file has been read
+                if "findings/text_summary" in get_json(base, "/data/plugin/text/tags").get(".", []):
                     break
             except (urllib.error.URLError, ConnectionError, json.JSONDecodeError):
                 pass
@@ -100,3 +100,22 @@ def test_images_are_served(served_run):
     url = f"{served_run}/data/plugin/images/individualImage?{entry['query']}"
     with urllib.request.urlopen(url, timeout=120) as response:
         assert response.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_custom_scalars_open_on_the_question_with_its_points(served_run):
+    layout = get_json(served_run, "/data/plugin/custom_scalars/layout")
+    titles = [c["title"] for c in layout["category"]]
+    assert "1e-7 clip" in titles[0] and titles[1].startswith("gradient flow")
+    first = layout["category"][0]["chart"][0]["multiline"]["tag"]
+    assert first == ["^pair_scan/all_zero_fraction$", "^pair_scan/clipped_fraction$"]
+    served = get_json(served_run, "/data/plugin/custom_scalars/scalars", run=".", tag=first[0])
+    assert served["regex_valid"] and list(served["tag_to_events"]) == ["pair_scan/all_zero_fraction"]
+    points = served["tag_to_events"]["pair_scan/all_zero_fraction"]  # (wall time, step, value)
+    assert [p[1] for p in points] == [0, 1, 2, 3, 4]  # every logging step and each epoch's end: a curve
+    # epoch/* tags first came at step 2, after the layout of step 0: the server shows the last one written
+    assert any(c["title"].startswith("epoch:") for category in layout["category"] for c in category["chart"])
+    for category in layout["category"]:  # no chart names a tag the run lacks
+        for chart in category["chart"]:
+            for regex in chart["multiline"]["tag"]:
+                found = get_json(served_run, "/data/plugin/custom_scalars/scalars", run=".", tag=regex)
+                assert found["tag_to_events"], (chart["title"], regex)
