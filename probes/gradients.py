@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from functools import partial
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import nn
@@ -26,20 +26,39 @@ class GradientStats(Probe):
     is the rank's own gradient / N, so they are scaled by 1/N and their norms combine as
     sqrt(sum of squares) (see :mod:`probes.distributed`).
 
+    Zero fractions where an exact 0 means something: of every parameter's gradient (a weight
+    that gets no gradient does not learn: an input that is always 0, a dead unit's row, a
+    clipped loss), and of the gradient at the model's output, where the zeros are the loss's
+    own (the cnn's clipped cross-entropy passes exactly 0 for a confident pair). Inside the
+    model, the zeros of a layer's output gradient are those of the layer after it: a ReLU's off
+    units (logged as that ReLU's ``activation_zero_fraction``), a max-pool's or a Dropout's by
+    design, none at all after a BatchNorm or a convolution; counting them is the costliest pass
+    over the gradient but the min/max one, so they are left out unless asked for.
+
     Args:
         hist_sample: as for :class:`probes.ActivationStats`: bucket counts of larger
             gradients are estimated from this many elements; None counts every element.
+        layer_zero_fractions: ``"model output"`` (the default): the output-gradient zero
+            fraction of the layer that produces the model's output only; ``"all"``: of every
+            leaf layer.
     """
 
     name = "gradients"
 
     def __init__(self, bins: int = stats.DEFAULT_BINS, layer_outputs: bool = True,
-                 hist_sample: Optional[int] = HIST_SAMPLE) -> None:
+                 hist_sample: Optional[int] = HIST_SAMPLE, layer_zero_fractions: str = "model output") -> None:
         super().__init__()
+        if layer_zero_fractions not in ("model output", "all"):
+            raise ValueError(f"layer_zero_fractions must be 'model output' or 'all', not {layer_zero_fractions!r}")
         self.bins = bins
         self.layer_outputs = layer_outputs
         self.hist_sample = hist_sample
+        self.layer_zero_fractions = layer_zero_fractions
         self._latest: Dict[str, torch.Tensor] = {}  # parameter -> its gradient, measured at end_step
+        # this step's leaf outputs: (first element's address, count) -> call name, the last
+        # one made at an address winning (the model's output is alive when the model returns)
+        self._outputs: Dict[Tuple[int, int], str] = {}
+        self._model_output: Optional[str] = None  # the call name of the leaf the model returned
 
     def _on_arm(self, model: nn.Module) -> None:
         for name, param in model.named_parameters():
@@ -48,6 +67,12 @@ class GradientStats(Probe):
         if self.layer_outputs:
             for name, module in leaf_modules(model):
                 self._forward_hook(module, partial(self._on_output, name), armed=True)
+            if self.layer_zero_fractions == "model output":
+                self._forward_hook(model, self._on_model_output, armed=True)
+
+    def _on_start(self, step: int, logging: bool) -> None:
+        self._outputs.clear()
+        self._model_output = None
 
     def _on_param_grad(self, name: str, param: torch.Tensor) -> None:
         # Accumulation over several backward passes fires this hook each time, and DDP
@@ -61,18 +86,28 @@ class GradientStats(Probe):
             if param.grad is not None:
                 self._measure(tags.GRAD, name, param.grad, "same" if gradients_averaged_later() else None)
 
-    def _measure(self, kind: str, name: str, grad: torch.Tensor, reduce: Optional[str]) -> None:
-        summary = stats.summarize(grad.detach(), self.bins, self.scratch, self.hist_sample)
+    def _measure(self, kind: str, name: str, grad: torch.Tensor, reduce: Optional[str], zeros: bool = True) -> None:
+        summary = stats.summarize(grad.detach(), self.bins, self.scratch, self.hist_sample, zeros=zeros)
         self._histogram(kind, name, summary.hist, reduce or "histogram")
-        self._scalar(f"{kind}_zero_fraction", name, summary.zero_fraction, reduce or "mean")
+        if zeros:
+            self._scalar(f"{kind}_zero_fraction", name, summary.zero_fraction, reduce or "mean")
         self._scalar(f"{kind}_norm", name, summary.norm, reduce or "l2")
 
     def _on_output(self, name: str, module: nn.Module, inputs: tuple, output: object) -> None:
         out = first_tensor(output)
         if out is not None and out.requires_grad:
-            out.register_hook(partial(self._on_output_grad, self._call_name(name)))
+            call = self._call_name(name)
+            if out.numel():
+                self._outputs[(out.data_ptr(), out.numel())] = call
+            out.register_hook(partial(self._on_output_grad, call))
+
+    def _on_model_output(self, module: nn.Module, inputs: tuple, output: object) -> None:
+        out = first_tensor(output)
+        if out is not None and out.numel():
+            self._model_output = self._outputs.get((out.data_ptr(), out.numel()))
 
     def _on_output_grad(self, name: str, grad: torch.Tensor) -> None:
         if self.measuring:
             n = world_size()
-            self._measure(tags.OUTPUT_GRAD, name, grad / n if n > 1 else grad, None)
+            zeros = self.layer_zero_fractions == "all" or name == self._model_output
+            self._measure(tags.OUTPUT_GRAD, name, grad / n if n > 1 else grad, None, zeros)

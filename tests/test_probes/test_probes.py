@@ -145,3 +145,74 @@ def test_prefixed_and_tee_sinks_fan_out_with_renamed_tags():
     sink.image("plot", b"png", 3)
     assert plain.scalars == {"train/loss": [(3, 0.5)]} and renamed.scalars == {"variant2/train/loss": [(3, 0.5)]}
     assert renamed.texts["variant2/summary"] == [(3, "words")] and renamed.images["variant2/plot"] == [(3, b"png")]
+
+
+def mixed_net():
+    """A ReLU, a ReLU6 and a user's own rectifier among layers whose exact zeros mean nothing."""
+    class ClippedReLU(nn.Module):
+        def forward(self, x):
+            return x.clamp(0, 3)
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.BatchNorm2d(4), nn.Dropout(0.5), nn.Flatten(),
+                          nn.Linear(4 * 6 * 6, 16), nn.ReLU6(), nn.LeakyReLU(), nn.Linear(16, 16), ClippedReLU(),
+                          nn.Tanh(), nn.Linear(16, 3))
+    # channels_last: the Flatten copies (a reshape of NHWC memory to NCHW order)
+    return model.to(memory_format=torch.channels_last)
+
+
+def one_logged_step(model, probe, x):
+    sink = MemorySink()
+    seen = {}
+    handles = [m.register_forward_hook(lambda m, i, o, n=n: seen.__setitem__(n, o.detach().clone()))
+               for n, m in model.named_children()]
+    with Monitor([probe], sink=sink, every=1).attach(model) as monitor:
+        out = model(x)
+        out.retain_grad()
+        out.clamp(-0.05, 0.05).sum().backward()  # the clip: exactly 0 gradient wherever |out| > 0.05
+        monitor.step()
+    for h in handles:
+        h.remove()
+    return sink, seen, out.grad
+
+
+def test_activation_zero_fractions_only_where_a_zero_means_something():
+    model, x = mixed_net(), torch.randn(32, 1, 8, 8).contiguous(memory_format=torch.channels_last)
+    sink, seen, _ = one_logged_step(model, ActivationStats(), x)
+    zero_tags = {t for t in sink.scalars if t.startswith("activation_zero_fraction/")}
+    assert zero_tags == {"activation_zero_fraction/1", "activation_zero_fraction/6", "activation_zero_fraction/9"}
+    for name in ("1", "6", "9"):
+        assert sink.scalars[f"activation_zero_fraction/{name}"][0][1] == pytest.approx(
+            (seen[name] == 0).float().mean().item())
+    # every layer keeps its histogram; the flattened output's is its input's values, read once
+    assert {t.split("/")[1] for t in sink.histograms} == set(seen)
+    assert seen["3"].is_contiguous(memory_format=torch.channels_last) and not seen["3"].is_contiguous()
+    flat, drop = sink.histograms["activations/4"][0][1], sink.histograms["activations/3"][0][1]
+    assert (flat.min, flat.max, flat.num) == (float(seen["4"].min()), float(seen["4"].max()), seen["4"].numel())
+    assert flat.sum == pytest.approx(float(seen["4"].double().sum()), rel=1e-5, abs=1e-4)
+    assert flat.sum_squares == pytest.approx(float(seen["4"].double().square().sum()), rel=1e-5)
+    assert (flat.min, flat.max, flat.sum, flat.bucket_counts) == (drop.min, drop.max, drop.sum, drop.bucket_counts)
+
+    sink, _, _ = one_logged_step(mixed_net(), ActivationStats(zero_fractions="all"), x)
+    assert {t.split("/")[1] for t in sink.scalars if t.startswith("activation_zero_fraction/")} == set(seen)
+    with pytest.raises(ValueError, match="zero_fractions"):
+        ActivationStats(zero_fractions="some")
+
+
+def test_output_gradient_zero_fraction_at_the_model_output_only_unless_asked():
+    model, x = mixed_net(), torch.randn(32, 1, 8, 8)
+    sink, _, out_grad = one_logged_step(model, GradientStats(), x)
+    zero_tags = {t for t in sink.scalars if t.startswith("output_grad_zero_fraction/")}
+    assert zero_tags == {"output_grad_zero_fraction/11"}  # the last Linear's output is the model's
+    expected = (out_grad == 0).float().mean().item()
+    assert 0 < expected < 1
+    assert sink.scalars["output_grad_zero_fraction/11"][0][1] == pytest.approx(expected)
+    # every parameter gradient keeps its zero fraction, every layer its output-gradient norm
+    assert {t.split("/")[1] for t in sink.scalars if t.startswith("grad_zero_fraction/")} == \
+        {n for n, _ in model.named_parameters()}
+    assert len([t for t in sink.scalars if t.startswith("output_grad_norm/")]) == 12
+
+    sink, _, _ = one_logged_step(mixed_net(), GradientStats(layer_zero_fractions="all"), x)
+    assert len([t for t in sink.scalars if t.startswith("output_grad_zero_fraction/")]) == 12
+    with pytest.raises(ValueError, match="layer_zero_fractions"):
+        GradientStats(layer_zero_fractions="inner")

@@ -112,3 +112,56 @@ def test_summary_of_a_channels_last_tensor_reads_it_in_place():
         assert torch.equal(getattr(a.hist, field), getattr(b.hist, field)), field
     assert a.zero_fraction.item() == b.zero_fraction.item()
     assert a.hist.sum.item() == pytest.approx(b.hist.sum.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("nonfinite", [False, True])
+def test_leaving_the_zero_count_out_changes_nothing_else(nonfinite, stats_path):
+    torch.manual_seed(0)
+    x = torch.randn(300_000).relu()
+    if nonfinite:
+        x[7], x[9] = float("nan"), float("inf")
+    with_zeros = stats.summarize(x, bins=16, scratch=stats.Scratch(), sample=5_000)
+    without = stats.summarize(x, bins=16, scratch=stats.Scratch(), sample=5_000, zeros=False)
+    assert without.zero_fraction is None and with_zeros.zero_fraction.item() > 0.4
+    for field in stats.Hist._fields:
+        assert torch.equal(getattr(without.hist, field), getattr(with_zeros.hist, field)), field
+    assert torch.equal(without.norm, with_zeros.norm) or (without.norm.isnan() and with_zeros.norm.isnan())
+
+
+def test_a_view_of_the_tensor_summarised_last_gets_its_summary_and_an_in_place_write_does_not():
+    torch.manual_seed(0)
+    x = torch.randn(64, 8, 30, 30).relu().contiguous(memory_format=torch.channels_last)  # 460,800 elements
+    scratch = stats.Scratch()
+    first = stats.summarize(x, bins=20, scratch=scratch, sample=4_096)
+    view = x.permute(0, 2, 3, 1).reshape(64, -1)  # NHWC rows: a view of channels_last memory
+    assert view.data_ptr() == x.data_ptr()
+    assert stats.summarize(view, bins=20, scratch=scratch, sample=4_096) is first  # no pass
+    fresh = stats.summarize(x.contiguous(), bins=20, scratch=stats.Scratch(), sample=4_096)
+    for field in ("min", "max", "num"):
+        assert torch.equal(getattr(first.hist, field), getattr(fresh.hist, field)), field
+    assert first.zero_fraction.item() == fresh.zero_fraction.item()
+    # asked for less (no zero count), the same numbers; asked for other bins, a new pass
+    assert stats.summarize(x, bins=20, scratch=scratch, sample=4_096, zeros=False).zero_fraction is None
+    assert stats.summarize(x, bins=10, scratch=scratch, sample=4_096) is not first
+    last = stats.summarize(x, bins=20, scratch=scratch, sample=4_096)
+    x.mul_(2)  # the same memory, written since: its version moved on
+    again = stats.summarize(x, bins=20, scratch=scratch, sample=4_096)
+    assert again is not last and again.hist.max.item() == pytest.approx(2 * last.hist.max.item())
+    # a copy in another order is the same values only when the caller says so
+    copy = x.contiguous()
+    assert stats.summarize(copy, bins=20, scratch=scratch, sample=4_096, same_values_as=x) is again
+    scratch.new_step()  # a new logging step remembers nothing
+    assert stats.summarize(x, bins=20, scratch=scratch, sample=4_096) is not again
+
+
+def test_a_tensor_of_several_pieces_sums_as_one(stats_path):
+    torch.manual_seed(0)
+    x = torch.randn(3 * stats.PIECE + 123)
+    x[::5] = 0.0
+    s = stats.summarize(x, bins=12, scratch=stats.Scratch(), sample=1_000)
+    want = direct_summary(x, 12)
+    assert s.hist.min.item() == want["min"] and s.hist.max.item() == want["max"]
+    assert s.hist.sum.item() == pytest.approx(want["sum"], rel=1e-4, abs=1e-2)
+    assert s.hist.sum_squares.item() == pytest.approx(want["sum_squares"], rel=1e-5)
+    assert s.zero_fraction.item() == pytest.approx(want["zero_fraction"], abs=1e-7)
+    assert s.hist.bucket_counts.sum().item() == pytest.approx(x.numel())
