@@ -28,8 +28,10 @@ from experiments.batches import batches, num_batches
 from experiments.checkpoint import ResumeError
 from experiments.distributed import Context, setup, teardown
 from experiments.findings import as_json, as_text, findings_for
+from experiments.gradient_flow import GradientFlowSink
 from experiments.mnist import DataError, Split, default_root, load_mnist
-from experiments.progress import Progress
+from experiments.progress import Forecast, Progress
+from experiments import threads
 from experiments.rundir import RunDirError, new_run_dir, write_json
 from experiments.stopping import Guard, Interrupted, NonFiniteError, StopOnSignal
 from experiments.run import Run
@@ -45,11 +47,15 @@ from probes.records import HostScalar
 
 def train_epoch(runs: List[Run], task: Task, loss_fn, split: Split, batch_size: int, generator: torch.Generator,
                 device: torch.device, max_steps: Optional[int], label: str,
-                ctx: Optional[Context] = None, after_step: Callable[[], None] = lambda: None) -> List[tuple]:
+                ctx: Optional[Context] = None, after_step: Callable[[], None] = lambda: None,
+                forecast: Optional[Forecast] = None) -> List[tuple]:
     """One pass over ``split``, every run stepping on the same batches; (mean loss, accuracy) per run.
 
     With several processes each rank trains on its slice of every batch (experiments/distributed.py).
-    ``after_step`` runs between steps: it may raise to stop (signal, NaN/Inf).
+    ``after_step`` runs between steps: it may raise to stop (signal, NaN/Inf). ``forecast``: told of
+    every step, its one line (how long the run will take) is printed above the bar.
+    The bar shows the epoch's mean loss so far: read from the device only when the bar prints
+    (at most 5 times a second on a terminal, 3 times an epoch in a log), never per step.
     """
     ctx = ctx or Context(device=device)
     for run in runs:
@@ -58,12 +64,13 @@ def train_epoch(runs: List[Run], task: Task, loss_fn, split: Split, batch_size: 
     correct = [torch.zeros((), device=device, dtype=torch.long) for _ in runs]
     seen, units = 0, 0
     steps = num_batches(len(split), batch_size) if max_steps is None else max_steps
-    progress = Progress(steps, label, None if ctx.is_main else sys.stdout)  # other ranks: stdout is /dev/null
+    progress = Progress(steps, label, None if ctx.is_main else sys.stdout,  # other ranks: stdout is /dev/null
+                        loss=lambda: "/".join(f"{float(t) / max(seen, 1):.4f}" for t in total_loss))
     for images, labels in batches(split, batch_size, generator):
         x, target = task.batch(ctx.shard(images), ctx.shard(labels), device)
         for i, run in enumerate(runs):
             run.optimizer.zero_grad(set_to_none=True)
-            output = (run.net or run.model)(x)
+            output = (run.net if run.net is not None else run.model)(x)  # (a compiled module has no truth value)
             loss = loss_fn(output, target).mean()  # Keras: mean over examples (and pixels)
             sentinel = run.monitor.get("nonfinite")
             if sentinel is not None:  # train.py's runs have one; a caller's monitor may not
@@ -76,6 +83,9 @@ def train_epoch(runs: List[Run], task: Task, loss_fn, split: Split, batch_size: 
             correct[i] += task.count_correct(output.detach(), target)
         seen, units = seen + len(x), units + task.units(target)
         progress.update()
+        line = forecast.step() if forecast is not None else ""
+        if line and ctx.is_main:
+            progress.say(line, sys.stdout)
         try:
             after_step()
         except BaseException:
@@ -196,6 +206,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    "or a .weights.h5/.keras/.h5 file with h5py installed (default: fresh Keras-style init)")
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="torch device (default: cuda if available)")
+    g.add_argument("--threads", type=positive_int, help="CPU threads for torch (default: torch's own, one a core; "
+                   "fewer when the machine is busier than its cores, said when it happens; experiments/threads.py)")
+    g.add_argument("--compile", action="store_true",
+                   help="run the training steps through torch.compile (default: off). The probes' per-step hooks "
+                        "compile into the graph as tensor updates; logging steps run eagerly; the first steps "
+                        "pay for the compilation (README, torch.compile)")
     g.add_argument("--dry-run", action="store_true", help="two steps per epoch and a tiny scan: checks the setup")
     args = p.parse_args(argv)
     try:
@@ -250,6 +266,7 @@ def resumed_args(args: argparse.Namespace) -> argparse.Namespace:
     """``--resume DIR``: the run's own arguments, with the few a resume may change."""
     saved = checkpoint.resume_args(args.resume, args.model)
     saved.resume, saved.run_dir, saved.keep_going = args.resume, args.resume, args.keep_going
+    saved.threads = getattr(args, "threads", None)  # this machine's, now: chosen afresh, not the saved run's
     for key in ("data_dir", "device"):  # another machine may keep the data elsewhere
         if getattr(args, key) is not None:
             setattr(saved, key, getattr(args, key))
@@ -257,6 +274,17 @@ def resumed_args(args: argparse.Namespace) -> argparse.Namespace:
         raise ResumeError(f"--resume {args.resume}: that run trained on {saved.device} and torch sees no CUDA "
                           f"device here; add --device cpu (it goes on, though not bit for bit)")
     return saved
+
+
+def use_threads(requested: Optional[int], show: bool = True) -> threads.Choice:
+    """Set torch's CPU threads for this run (experiments/threads.py says the rule) and say why
+    when the choice is not torch's own or the machine is busier than its cores."""
+    chosen = threads.choose(requested, torch.get_num_threads())
+    if chosen.threads != torch.get_num_threads():
+        torch.set_num_threads(chosen.threads)
+    if chosen.message and show:
+        print(chosen.message, file=sys.stderr, flush=True)
+    return chosen
 
 
 def log_epoch(r: Run) -> None:
@@ -288,6 +316,8 @@ def run(args: argparse.Namespace, ctx: Optional[Context] = None) -> Dict:
             saved_args = {k: v for k, v in vars(args).items() if k != "resume"}
             saved_args["data_dir"] = str(default_root(args.data_dir).resolve())
             write_json(run_dir / "args.json", saved_args)
+    # after the checks of the input (an error stays one line), before the models are built
+    chosen = use_threads(getattr(args, "threads", None), ctx.is_main)
     torch.manual_seed(args.seed)
     task = TASKS[args.task]
     loss_fn = LOSSES[args.loss][task.loss_kind]
@@ -295,14 +325,26 @@ def run(args: argparse.Namespace, ctx: Optional[Context] = None) -> Dict:
     # A resume redoes the steps after the checkpoint: TensorBoard hides what was logged there before.
     sink: Sink = (TensorBoardSink(str(run_dir), purge_step=saved["step"] if resuming else None) if ctx.is_main
                   else NullSink())
+    if ctx.is_main:  # the gradient-flow picture of each logging step (experiments/gradient_flow.py)
+        sink = GradientFlowSink(sink, path=run_dir / "gradient_flow.png")
     runs = study.make_runs(sink)
+    if isinstance(sink, GradientFlowSink):
+        sink.order = [name for name, _ in runs[0].model.named_parameters()]  # input to output
+    study.pin_dashboard(runs, sink)  # the question's charts first on TensorBoard's Custom Scalars tab
     if not resuming and keras_state is not None:
         runs[0].model.load_state_dict(keras_state)
     for r in runs:
         r.net = ctx.wrap(r.model)  # several processes: DDP, starting every rank from rank 0's weights
+        if getattr(args, "compile", False):  # lazy: traced at the first step, once the probes below are attached
+            r.net = torch.compile(r.net)
     ctx.seed_dropout(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
     print(f"run directory: {run_dir}", flush=True)
+    per_epoch = 2 if args.dry_run else num_batches(len(train_split), args.batch_size)
+    epochs_left = args.epochs - (saved["epoch"] if resuming else 0)
+    forecast = Forecast(per_epoch * epochs_left, epochs_left, args.batch_size, len(test_split),
+                        note=threads.describe(chosen) if device.type == "cpu" else str(device),
+                        sync=(lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None))
     start, done, kept_step = time.time(), 0, 0  # the last checkpoint: after epoch `done`, at step `kept_step`
     try:
         with contextlib.ExitStack() as attached, StopOnSignal() as stop:
@@ -325,7 +367,8 @@ def run(args: argparse.Namespace, ctx: Optional[Context] = None) -> Dict:
             guard = Guard(runs, stop, args.keep_going)
             for epoch in range(done + 1, args.epochs + 1):
                 results = train_epoch(runs, task, loss_fn, train_split, args.batch_size, generator, device,
-                                      2 if args.dry_run else None, f"epoch {epoch}/{args.epochs}", ctx, guard)
+                                      2 if args.dry_run else None, f"epoch {epoch}/{args.epochs}", ctx,
+                                      lambda: (guard(), study.after_step(runs, sink)), forecast=forecast)
                 step = runs[0].monitor.global_step
                 for r, (train_loss, train_acc) in zip(runs, results):
                     ctx.sync_buffers(r.model)  # every rank evaluates (and scans) rank 0's model

@@ -10,6 +10,7 @@ logging steps need) and the moments they use, all no-ops here.
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 from functools import partial
 from typing import Any, Callable, Dict, Iterator, List, Optional
@@ -21,6 +22,10 @@ from . import stats, tags
 from .records import Histogram, Record, Scalar
 
 _suspension = threading.local()
+#: The same depth for code that ``torch.compile`` traced: Dynamo cannot read a thread-local,
+#: but it guards on a module global (a compiled frame entered under :func:`suspended` is
+#: compiled once more for that case, then both are cached).
+_SUSPENDED = 0
 
 
 @contextlib.contextmanager
@@ -30,16 +35,55 @@ def suspended() -> Iterator[None]:
     Hooks still fire under ``torch.func`` transforms, where touching the tensors they see
     would fail or measure the wrong thing, so hooks check this first.
     """
+    global _SUSPENDED
     depth = getattr(_suspension, "depth", 0)
     _suspension.depth = depth + 1
+    _SUSPENDED += 1
     try:
         yield
     finally:
         _suspension.depth = depth
+        _SUSPENDED -= 1
 
 
 def is_suspended() -> bool:
     return getattr(_suspension, "depth", 0) > 0
+
+
+#: Whether this code is being traced by ``torch.compile`` (Dynamo) now: torch's own function,
+#: which Dynamo reads as a constant while tracing (no wrapper: this runs on every step). Hooks
+#: traced into a compiled graph run there on every call, as tensor operations only: they must
+#: not keep Python counters (each value would become a guard, and a new value a
+#: recompilation), read values back, or index by data (see :meth:`Probe._guard_forward`).
+compiling: Callable[[], bool] = torch.compiler.is_compiling
+
+
+def dynamo_loaded() -> bool:
+    """Whether Dynamo is imported (torch.optim imports it too): without it nothing is compiled,
+    and the probes do not import it themselves to find out."""
+    return "torch._dynamo" in sys.modules
+
+
+def compile_used() -> bool:
+    """Whether Dynamo has compiled any frame in this process (torch.optim imports it anyway)."""
+    if not dynamo_loaded():
+        return False
+    utils = sys.modules.get("torch._dynamo.utils")
+    return utils is not None and utils.counters["frames"]["total"] > 0
+
+
+@contextlib.contextmanager
+def eager() -> Iterator[None]:
+    """Run the model eagerly, even where it was compiled (``torch.compiler.set_stance("force_eager")``),
+    e.g. to replay a forward pass with hooks a compiled graph would not call."""
+    if not dynamo_loaded() or compiling():
+        yield
+        return
+    stance = torch.compiler.set_stance("force_eager")
+    try:
+        yield
+    finally:
+        stance.__exit__(None, None, None)
 
 
 class ProbeError(RuntimeError):
@@ -77,6 +121,11 @@ class Probe:
     name: str = "probe"
     #: attribute -> how it reduces across processes; checkpointed as it is
     state: Dict[str, str] = {}
+    #: Whether this probe's per-step hooks (not armed) may be traced into a torch.compile graph:
+    #: written to branch on :func:`compiling` and make only tensor updates there. A probe that
+    #: is not is left out of compiled passes (the monitor says so once): it measures the
+    #: logging steps, which run eagerly.
+    traceable: bool = False
 
     def __init__(self) -> None:
         self._handles: List[Any] = []
@@ -90,6 +139,12 @@ class Probe:
         self._recomputed: Dict[tuple, int] = {}  # the same, made again by activation checkpointing
         self._call_index = 0
         self._scratch: Optional[stats.Scratch] = None
+        # hooks that should run on every training pass (not armed): whether they did, since the
+        # last logging step, eagerly or in a compiled graph (the monitor's check for blindness)
+        self._always_hooked = False
+        self._hook_calls = 0
+        self._compiled_call = False
+        self._compiled_skip = False  # a compiled graph skipped this (not traceable) probe's hooks
         for attr, how in self.state.items():
             if how not in STATE_REDUCTIONS:
                 raise ValueError(f"{type(self).__name__}.state[{attr!r}]: {how!r} is not one of {STATE_REDUCTIONS}")
@@ -127,6 +182,7 @@ class Probe:
             self._scratch.release()
         self._model = None
         self._logging = False
+        self._always_hooked = False
 
     @property
     def attached(self) -> bool:
@@ -154,12 +210,31 @@ class Probe:
         (see :meth:`_guard_forward`). ``armed``: only on logging steps (register it in
         :meth:`_on_arm`), and only in the step's first training pass of the model."""
         self._register(module.register_forward_hook(partial(self._guard_forward, fn, False, armed)), armed)
+        self._always_hooked |= not armed
 
     def _forward_pre_hook(self, module: nn.Module, fn: Callable[..., None], armed: bool = False,
                           with_kwargs: bool = False) -> None:
         """Call ``fn(module, args[, kwargs])`` before each training forward call of ``module``."""
         hook = partial(self._guard_forward, fn, True, armed)
         self._register(module.register_forward_pre_hook(hook, with_kwargs=with_kwargs), armed)
+        self._always_hooked |= not armed
+
+    def _model_hook(self, model: nn.Module, fn: Callable[[tuple, dict], None]) -> None:
+        """Call ``fn(args, kwargs)`` before each training pass of the whole ``model``, on every
+        step. Leaner than :meth:`_forward_pre_hook` (it runs once a step, where a microsecond
+        counts): the model itself is never recomputed by activation checkpointing, so only
+        the training checks. Traced by torch.compile, ``fn`` must branch on :func:`compiling`."""
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            if compiling():
+                if self._model is not None and not _SUSPENDED and module.training and torch.is_grad_enabled():
+                    self._compiled_call = True
+                    fn(args, kwargs)
+            elif self._model is not None and module.training and torch.is_grad_enabled() and not is_suspended():
+                self._hook_calls += 1
+                fn(args, kwargs)
+
+        self._handles.append(model.register_forward_pre_hook(hook, with_kwargs=True))
+        self._always_hooked = True
 
     def _grad_hook(self, param: torch.Tensor, fn: Callable[..., None], armed: bool = False) -> None:
         """Call ``fn(param)`` when backward has accumulated ``param.grad``."""
@@ -169,7 +244,7 @@ class Probe:
         (self._step_handles if armed else self._handles).append(handle)
 
     def _on_model_call(self, module: nn.Module, args: tuple) -> None:
-        if self.measuring and not in_backward() and torch.is_grad_enabled() and module.training:
+        if not compiling() and self.measuring and not in_backward() and torch.is_grad_enabled() and module.training:
             self._model_passes += 1
 
     def _guard_forward(self, fn: Callable[..., None], pre: bool, armed: bool, module: nn.Module, *args: Any) -> None:
@@ -187,6 +262,20 @@ class Probe:
         The call's index among this step's calls of the module (a module called twice per
         forward) is left in ``self._call_index`` for :meth:`_call_name`.
         """
+        if compiling():
+            # Traced into a compiled graph, which runs it on every call: no per-step Python
+            # bookkeeping here (its counters would be guards); the measurement itself branches
+            # on compiling() and makes plain tensor updates. Armed hooks measure on logging
+            # steps, which the monitor runs eagerly; traced, they do nothing.
+            if not armed and self._model is not None and not _SUSPENDED and torch.is_grad_enabled() \
+                    and self._model.training:
+                if not self.traceable:
+                    self._compiled_skip = True  # a constant stored: Dynamo replays it after each run of the graph
+                    return
+                self._compiled_call = True
+                self._call_index = 0
+                fn(module, *args)
+            return
         if not self.measuring:
             return
         key = (id(module), pre)
@@ -203,11 +292,12 @@ class Probe:
             return
         if armed and self._model_passes > 1:
             return
+        self._hook_calls += 1
         self._call_index = index
         fn(module, *args)
 
     def _guard_backward(self, fn: Callable[..., None], *args: Any) -> None:
-        if self.measuring:
+        if not compiling() and self.measuring:
             fn(*args)
 
     def _call_name(self, name: str) -> str:
@@ -244,6 +334,11 @@ class Probe:
     def _on_start(self, step: int, logging: bool) -> None:
         """A step is about to run its forward pass."""
 
+    def see_loss(self, loss: torch.Tensor) -> None:
+        """The current step's loss, as soon as the loop hands it to the monitor
+        (``log_loss``, ``step(loss)``): a reference, not yet read. A monitor calls it only on
+        probes that override it."""
+
     def _late_records(self, step: int) -> List[Record]:
         """Records built at collect time (from state kept on the device), besides :meth:`_scalar`'s."""
         return []
@@ -252,10 +347,14 @@ class Probe:
     def start_step(self, step: int, logging: bool) -> None:
         """Called before a step's forward pass; ``logging`` says whether it will be logged."""
         self.step = step
-        self._logging = logging
         self._model_passes = 0
-        self._forwarded.clear()
-        self._recomputed.clear()
+        if self._forwarded or self._recomputed:
+            self._forwarded.clear()
+            self._recomputed.clear()
+        if not logging and not self._logging and not self._step_handles:  # between logs: nothing to undo
+            self._on_start(step, False)
+            return
+        self._logging = logging
         if not logging:
             self._disarm()
             if self._scratch is not None:

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-from .base import Probe, first_tensor, leaf_modules
+from .base import Probe, compiling, first_tensor, leaf_modules
 from .stats import host_reads_are_free
 
 #: Modules whose output is exactly zero wherever their input is not positive.
@@ -31,25 +31,28 @@ class DeadUnits(Probe):
     dimension. Every training forward pass is counted; passes without gradients
     (evaluation) or inside :func:`probes.suspended` are not.
 
-    Cheap enough for every step: once a unit has fired it can never be dead again, so each
-    pass looks only at the units that have not fired yet. In a healthy network that is all
-    of them on the first step and none soon after (then the hook reads nothing at all);
-    with a few dead units, their slices alone. Reading a whole ReLU output from memory on
-    every step cost ~1% of a cnn step on CPU. The list of units left to watch is refreshed
-    from the device mask every step on a CPU (reading it back is free there) and on
-    logging steps elsewhere (a sync); in between it may still hold units that fired since,
-    which costs a little reading, never a wrong answer.
-
     A unit that fired for a while and then died is not dead "since attach". So each unit's
     firing is also kept per logging interval (every training example from one logging step to
-    the next, not only the logged batch): a second mask, reset at each logging step, watched
-    the same way (a full read of the output at the interval's first pass, then only the units
-    not seen firing in it; on an accelerator, where finding those would be a sync, a full read
-    every step). At the logging step it becomes each unit's last interval with a firing and its
-    count of such intervals, on the device. The summary gives, per layer, the units silent in
-    every interval of the recent window (the last ``recent_logs`` intervals, or the last fifth
-    of them if that is more) and, for each that had fired before, since when and in what share
-    of the intervals before.
+    the next, not only the logged batch). At the logging step that closes it, the interval's
+    mask becomes each unit's last interval with a firing and its count of such intervals, on
+    the device. The summary gives, per layer, the units silent in every interval of the recent
+    window (the last ``recent_logs`` intervals, or the last fifth of them if that is more) and,
+    for each that had fired before, since when and in what share of the intervals before.
+
+    Cheap enough for every step, because a unit that fired in an interval cannot change
+    anything more in it (nor, having fired, be dead since attach): a layer's hook watches only
+    the units not seen firing in the current interval, and once every unit has fired it is
+    removed until the next logging step. A healthy network pays for its first pass after
+    each log and then nothing (not even a Python call per layer); a layer with a silent unit
+    pays one small read of those units' slices per pass. Knowing which units are left is a
+    host read: free on a CPU, so done every pass there. On an accelerator it would be a sync,
+    so there the hook reads the whole output on every pass until the logging step (no sync).
+
+    Under ``torch.compile`` a layer's hook is traced into the graph as plain tensor updates
+    (two masks OR-ed in place: no Python counter, no data-dependent index, so no guard changes
+    and no recompilation) and stays there, since removing a hook from a compiled module would
+    recompile it. ``examples`` counts the training examples of the model's passes (the first
+    tensor argument's first dimension).
 
     Args:
         recent_logs: the fewest logging intervals that make the recent window.
@@ -58,32 +61,55 @@ class DeadUnits(Probe):
     name = "dead_units"
     state = {"seen_nonzero": "any", "examples": "sum", "_interval": "any", "last_fired": "max",
              "fired_intervals": "max", "logged_steps": "same"}
+    traceable = True  # its hooks make plain tensor updates when compiled
 
     def __init__(self, recent_logs: int = 3) -> None:
         super().__init__()
         self.recent_logs = recent_logs
         self.seen_nonzero: Dict[str, torch.Tensor] = {}
-        self.examples: Dict[str, int] = {}
-        self._watch: Dict[str, torch.Tensor] = {}  # per module: indices of units not seen firing (maybe stale)
         self._interval: Dict[str, torch.Tensor] = {}  # per module: units seen firing since the last logging step
         self.last_fired: Dict[str, torch.Tensor] = {}  # per module: last logging step whose interval it fired in
         self.fired_intervals: Dict[str, torch.Tensor] = {}  # per module: how many intervals each unit fired in
         self.logged_steps: List[int] = []  # the logging steps that closed an interval
+        self._relus: Dict[str, nn.Module] = {}
+        self._layer_hooks: Dict[str, Any] = {}  # the layers watched now (those with units left in the interval)
+        self._left: Dict[str, torch.Tensor] = {}  # CPU: indices of the units not yet fired in this interval
+        self._examples = 0  # examples of eager training passes
+        self._examples_compiled: Optional[torch.Tensor] = None  # the same for compiled passes, on the device
+        self._compiled = False  # a compiled graph runs the layer hooks: never remove them (a recompilation)
 
+    # -- hooks ---------------------------------------------------------------------------
     def _on_attach(self, model: nn.Module) -> None:
-        self.seen_nonzero, self.examples, self._watch = {}, {}, {}
-        self._interval, self.last_fired, self.fired_intervals, self.logged_steps = {}, {}, {}, []
-        for name, module in leaf_modules(model):
-            if isinstance(module, RELU_TYPES):
-                self._forward_hook(module, partial(self._on_output, name))
+        self.seen_nonzero, self._interval, self.last_fired, self.fired_intervals = {}, {}, {}, {}
+        self.logged_steps, self._left, self._examples, self._compiled = [], {}, 0, False
+        self._relus = {name: module for name, module in leaf_modules(model) if isinstance(module, RELU_TYPES)}
+        if not self._relus:
+            return
+        device = next((t.device for t in [*model.parameters(), *model.buffers()]), torch.device("cpu"))
+        self._examples_compiled = torch.zeros((), dtype=torch.long, device=device)
+        self._model_hook(model, self._on_model_input)
+        self._arm_layers()
 
-    def _on_start(self, step: int, logging: bool) -> None:
-        for name, seen in self.seen_nonzero.items():
-            watch = self._watch.get(name)
-            if watch is not None and not watch.numel():
-                continue  # every unit has fired: nothing can change
-            if logging or host_reads_are_free(seen.device):
-                self._watch[name] = torch.nonzero(~seen).flatten()  # a sync where reads are not free
+    def _on_detach(self) -> None:
+        while self._layer_hooks:
+            self._layer_hooks.popitem()[1].remove()
+
+    def _arm_layers(self) -> None:
+        """Watch every layer (again): a new interval starts with no unit seen firing in it."""
+        for name, module in self._relus.items():
+            if name not in self._layer_hooks:
+                hook = partial(self._guard_forward, partial(self._on_output, name), False, False)
+                self._layer_hooks[name] = module.register_forward_hook(hook)
+
+    def _on_model_input(self, args: tuple, kwargs: dict) -> None:
+        x = args[0] if args and isinstance(args[0], torch.Tensor) else first_tensor(args) or first_tensor(kwargs)
+        if x is None or not x.dim():
+            return
+        if compiling():
+            if self._examples_compiled is not None:
+                self._examples_compiled += x.shape[0]
+            return
+        self._examples += x.shape[0]
 
     def _on_output(self, name: str, module: nn.Module, inputs: tuple, output: Any) -> None:
         out = first_tensor(output)
@@ -92,41 +118,52 @@ class DeadUnits(Probe):
         out = out.detach()
         unit_dim = out.dim() - 1 if out.dim() == 3 else 1
         others = [d for d in range(out.dim()) if d != unit_dim]
-        seen: Optional[torch.Tensor] = self.seen_nonzero.get(name)
-        fired = None
+        seen = self.seen_nonzero.get(name)
+        if compiling():
+            interval = self._interval.get(name)
+            if seen is not None and interval is not None and seen.numel() == out.shape[unit_dim]:
+                fired = out.amax(dim=others) > 0
+                seen |= fired
+                interval |= fired
+                self._compiled = True
+            return
         if seen is None:
             # A ReLU's output is >= 0, so "some entry nonzero" is "the largest entry > 0": one
             # reduction pass with no temporary (``(out != 0).any`` makes a bool copy, and for a
             # conv's channels a transposed one: ~7x slower on CPU). A NaN is not > 0.
-            fired = out.amax(dim=others) > 0
-            self.seen_nonzero[name] = fired.clone()
+            interval = out.amax(dim=others) > 0
+            self.seen_nonzero[name] = interval.clone()
+            self._interval[name] = interval
         elif seen.numel() != out.shape[unit_dim]:
             return  # another width than the first call (a module reused on other shapes): not comparable
         else:
-            watch = self._watch.get(name)
-            if watch is None:
-                seen |= out.amax(dim=others) > 0
-            elif watch.numel():
-                seen[watch] |= out.index_select(unit_dim, watch).amax(dim=others) > 0
-        self.examples[name] = self.examples.get(name, 0) + out.shape[0]
-        self._in_interval(name, out, unit_dim, others, fired)
-
-    def _in_interval(self, name: str, out: torch.Tensor, unit_dim: int, others: list,
-                     fired: Optional[torch.Tensor]) -> None:
-        """Add this pass's firing units to the interval's mask."""
-        interval = self._interval.get(name)
-        if interval is None:
-            self._interval[name] = fired.clone() if fired is not None else out.amax(dim=others) > 0
-        elif host_reads_are_free(interval.device):
+            interval = self._interval[name]
+            left = self._left.get(name)
+            # Only the slices of the units not fired yet in this interval (CPU: exactly those), where
+            # they are blocks of memory: a (B, F) output, or a contiguous conv output's channels. A
+            # channels_last output's channel is every C-th element: gathering a few of them cost ~7x
+            # a whole reduction pass on CPU, so it is read whole.
+            if left is not None and (out.dim() == 2 or (unit_dim == 1 and out.is_contiguous())):
+                picked = out.index_select(unit_dim, left)
+                if not bool(picked.any()):  # the usual step: none of them fired, nothing changes (CPU: free)
+                    return
+                interval.index_put_((left,), picked.amax(dim=others) > 0)
+            else:
+                interval |= out.amax(dim=others) > 0
+            seen |= interval
+        if host_reads_are_free(interval.device):
             left = torch.nonzero(~interval).flatten()  # free on a CPU
-            if left.numel():
-                interval[left] |= out.index_select(unit_dim, left).amax(dim=others) > 0
-        else:
-            interval |= out.amax(dim=others) > 0
+            if left.numel() or self._compiled:
+                self._left[name] = left
+            else:  # every unit fired in this interval: nothing to learn until the next one
+                self._left.pop(name, None)
+                handle = self._layer_hooks.pop(name, None)
+                if handle is not None:
+                    handle.remove()
 
     def end_step(self, step: int) -> None:
         """At a logging step, close the interval: which units fired in it (device ops only)."""
-        if not self._logging or not self._interval:
+        if not self._logging or not self._relus:
             return
         self.logged_steps.append(step)
         for name, interval in self._interval.items():
@@ -136,20 +173,39 @@ class DeadUnits(Probe):
                 self.fired_intervals[name] = torch.zeros_like(last)
             last.masked_fill_(interval, step)
             self.fired_intervals[name] += interval
-        self._interval = {}
+            interval.zero_()  # in place: a compiled graph keeps updating this very tensor
+        self._left = {}
+        self._arm_layers()
+
+    # -- state ---------------------------------------------------------------------------
+    @property
+    def examples(self) -> Dict[str, int]:
+        """Per ReLU layer seen, the training examples of the model's passes since attach
+        (compiled passes counted on the device: reading them is a sync on an accelerator)."""
+        total = self._examples + (int(self._examples_compiled) if self._examples_compiled is not None else 0)
+        return {name: total for name in self.seen_nonzero}
+
+    @examples.setter
+    def examples(self, saved: Dict[str, int]) -> None:
+        self._examples = max(saved.values(), default=0) if isinstance(saved, dict) else int(saved)
+        if self._examples_compiled is not None:
+            self._examples_compiled.zero_()
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         super().load_state_dict(state)
-        self._watch = {}  # refreshed from the restored masks at the next step
+        self._left = {}  # which units are left in the interval: found again at the next pass
+        if self._model is not None:
+            self._arm_layers()
 
     def summary(self) -> Dict[str, Any]:
         if not self.seen_nonzero:
             return {}
         layers = {}
+        examples = self.examples
         for name, seen in self.seen_nonzero.items():
             dead = torch.nonzero(~seen).flatten().tolist()
             layers[name] = {"units": seen.numel(), "dead": len(dead), "dead_units": dead,
-                            "examples": self.examples.get(name, 0)}
+                            "examples": examples.get(name, 0)}
             if name in self.last_fired:
                 layers[name].update(self._recent(self.last_fired[name].tolist(),
                                                  self.fired_intervals[name].tolist()))

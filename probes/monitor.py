@@ -1,24 +1,39 @@
 """A set of probes attached together, stepped together and logged to one sink.
 
 The monitor owns the step counter and the logging schedule. Between logging steps it only
-appends the (device) loss to a list: no host sync, no copies. On a logging step it
-collects every probe's device records and moves them to the host in one transfer.
+keeps a reference to the (device) loss: no host sync, no copies, no conversion; it calls
+only the probes that have per-step work. On a logging step it collects every probe's device
+records and moves them to the host in one transfer.
+
+Under ``torch.compile`` a logging step runs eagerly: the monitor sets
+``torch.compiler.set_stance("force_eager")`` from the start of a logging step to its end and
+puts the previous stance back, so the logging hooks run as in an eager model and record the
+same statistics; the steps in between run the compiled graph (see :mod:`probes.base` for
+what the per-step hooks do there). If the model was compiled before the hooks existed, the
+compiled code may never call them: the monitor notices that no training pass reached the
+per-step probes' hooks between two logs and warns (and, once, that a probe whose hooks cannot
+be traced was left out of the compiled passes).
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Dict, Iterable, List, Optional, Union
 
 import torch
 from torch import nn
 
 from . import tags
-from .base import Probe, ProbeError, expect_module
+from .base import Probe, ProbeError, compile_used, compiling, expect_module
 from .distributed import reduce_records
 from .records import HostScalar, Record, Scalar, to_host
 from .schedule import Schedule, as_schedule
 from .sinks import Sink
 from .structure import describe
 
+
+#: The monitors now in a logging step, and the ``set_stance`` to undo when the last one leaves.
+_EAGER_HOLDERS: set = set()
+_EAGER_STANCE: List[Any] = [None]
 
 #: Statistics the diagnosis rules read, kept on the monitor (a few scalars per layer a logging step).
 _KEPT_KINDS = frozenset({tags.GRAD_NORM, tags.OUTPUT_GRAD_NORM, tags.ACTIVATION_SATURATED_FRACTION})
@@ -58,6 +73,15 @@ class Monitor:
         #: the scalars the diagnosis rules read, ``{tag: [(step, value), ...]}``, kept whatever the sink
         self.kept: Dict[str, List[tuple]] = {}
         self._sink_closed = False
+        self._given_loss: Optional[torch.Tensor] = None  # the loss log_loss handed to the probes this step
+        self._loss_probes: List[Probe] = []  # probes that take the loss (override see_loss)
+        self._stepped_probes: List[Probe] = []  # probes with an end_step of their own
+        self._quiet_probes: List[Probe] = []  # probes that start every step (hooks on every pass, _on_start)
+        self._logging_step = True  # whether the step now running logs (so _start undoes its hooks)
+        self._stance: Any = None  # the set_stance of a logging step, to undo at its end
+        self._quiet_steps = 0  # steps since the last logging step ended
+        self._warned_blind = False
+        self._warned_untraced = False
 
     def get(self, name: str, default: Optional[Probe] = None) -> Optional[Probe]:
         """The probe called ``name``, or ``default`` when this monitor has none."""
@@ -91,6 +115,11 @@ class Monitor:
         self.model = model
         self.structure = describe(model)
         self._weight_order = list(self.structure["weights"])
+        self._loss_probes = [p for p in self.probes if type(p).see_loss is not Probe.see_loss]
+        self._stepped_probes = [p for p in self.probes if type(p).end_step is not Probe.end_step]
+        self._quiet_steps = 0
+        self._quiet_probes = [p for p in self.probes if p._always_hooked or type(p)._on_start is not Probe._on_start]
+        self._logging_step = True
         if optimizer is not None:
             self._optimizer_hook = optimizer.register_step_post_hook(self._after_optimizer_step)
         self._start(self.global_step)
@@ -101,6 +130,7 @@ class Monitor:
         if self._optimizer_hook is not None:
             self._optimizer_hook.remove()
             self._optimizer_hook = None
+        self._eager_off()
         for probe in self.probes:
             probe.detach()
         self.model = None
@@ -110,8 +140,13 @@ class Monitor:
         self.step(loss)
 
     def log_loss(self, loss: torch.Tensor) -> None:
-        """Record the current step's loss when steps are counted by the optimizer hook."""
+        """Record the current step's loss when steps are counted by the optimizer hook (call it
+        before ``optimizer.step()``: the non-finite sentinel then checks it while the weights are
+        still those of the forward pass)."""
         self._pending_loss = loss
+        self._given_loss = loss
+        for probe in self._loss_probes:
+            probe.see_loss(loss)
 
     def __enter__(self) -> "Monitor":
         return self
@@ -132,8 +167,67 @@ class Monitor:
 
     def _start(self, step: int) -> None:
         logging = bool(self.schedule(step))
-        for probe in self.probes:
-            probe.start_step(step, logging)
+        if logging:
+            self._check_blind(step)
+            self._eager_on()
+        elif self._stance is not None:  # e.g. a resumed run that starts between logs
+            self._eager_off()
+        if logging or self._logging_step:  # a logging step, or the one after (hooks to remove)
+            for probe in self.probes:
+                probe.start_step(step, logging)
+        else:  # between logs only the probes with work on every step; the others learn the step
+            for probe in self.probes:
+                probe.step = step
+            for probe in self._quiet_probes:
+                probe.start_step(step, False)
+        self._logging_step = logging
+
+    def _eager_on(self) -> None:
+        """Run this logging step eagerly, compiled code included (the model may be compiled later
+        in the step: after attach, before the first call). The stance is process-wide, so it is
+        shared: the first monitor in a logging step sets it, the last one out puts it back (two
+        monitors whose logging steps overlap, e.g. train.py's ``--compare``, would otherwise
+        leave ``force_eager`` on for good)."""
+        if self._stance is not None or compiling():
+            return
+        if not _EAGER_HOLDERS:
+            try:
+                _EAGER_STANCE[0] = torch.compiler.set_stance("force_eager")
+            except RuntimeError:  # called from inside a compiled region: leave the stance alone
+                return
+        _EAGER_HOLDERS.add(id(self))
+        self._stance = True
+
+    def _eager_off(self) -> None:
+        if self._stance is None:
+            return
+        self._stance = None
+        _EAGER_HOLDERS.discard(id(self))
+        if not _EAGER_HOLDERS and _EAGER_STANCE[0] is not None:
+            stance, _EAGER_STANCE[0] = _EAGER_STANCE[0], None
+            stance.__exit__(None, None, None)  # the stance before the first monitor's logging step
+
+    def _check_blind(self, step: int) -> None:
+        """Warn once if steps passed since the last log with no training pass reaching the hooks
+        while torch.compile is in use: compiled code that ignores the probes' hooks; and once if
+        a compiled graph left out the per-step hooks of a probe that cannot be traced."""
+        skipped = [p.name for p in self.probes if p._compiled_skip]
+        if skipped and not self._warned_untraced:
+            self._warned_untraced = True
+            warnings.warn(
+                f"probes: {', '.join(skipped)} cannot run inside torch.compile'd code: between logging steps "
+                "the compiled model leaves out their per-step hooks, so they measure the logging steps only "
+                "(which run eagerly)", RuntimeWarning, stacklevel=3)
+        watched = [p for p in self.probes if p._always_hooked]  # probes whose hooks run on every training pass
+        if self._quiet_steps and watched and not self._warned_blind and compile_used() and \
+                not any(p._hook_calls or p._compiled_call for p in watched):
+            self._warned_blind = True
+            warnings.warn(
+                f"probes: no training forward pass of the model reached the probes' hooks in the "
+                f"{self._quiet_steps} steps before step {step}, so between logging steps they measured nothing. "
+                "torch.compile keeps running code it traced before the hooks were added (Dynamo does not guard on them). Attach the "
+                "probes before compiling the model, or call torch.compiler.reset() after attaching them. "
+                "(Logging steps run eagerly and are measured.)", RuntimeWarning, stacklevel=3)
 
     def step(self, loss: Optional[torch.Tensor] = None) -> None:
         """Mark the end of a training step (after ``optimizer.step()``)."""
@@ -141,12 +235,22 @@ class Monitor:
             raise ProbeError("this monitor is detached (its `with` block has ended, or detach() was called): "
                              "attach it to a model before stepping it")
         step = self.global_step
+        given, self._given_loss = self._given_loss, None
         if loss is not None:
-            self._losses.append((step, loss.detach().float().reshape(())))
-        for probe in self.probes:
+            if loss is not given:
+                for probe in self._loss_probes:
+                    probe.see_loss(loss)
+            self._losses.append((step, loss.detach()))  # a reference; converted when logged
+        for probe in self._stepped_probes:
             probe.end_step(step)
-        if self.schedule(step):
+        if self._logging_step:
             self._log(step)
+            self._eager_off()
+            self._quiet_steps = 0
+            for probe in self.probes:
+                probe._hook_calls, probe._compiled_call, probe._compiled_skip = 0, False, False
+        else:
+            self._quiet_steps += 1
         self.global_step = step + 1
         self._start(self.global_step)
 
@@ -170,7 +274,8 @@ class Monitor:
     def _gather(self, step: int) -> list:
         """The losses and every probe's records since the last log, reduced over processes and
         moved to the host in one transfer (every rank reduces, sink or not)."""
-        records: List[Record] = [Scalar(tags.LOSS, s, v) for s, v in self._losses]
+        records: List[Record] = [Scalar(tags.LOSS, s, v if v.dim() == 0 and v.dtype == torch.float32
+                                        else v.float().reshape(())) for s, v in self._losses]
         self._losses = []
         for probe in self.probes:
             records.extend(probe.collect(step))

@@ -69,3 +69,32 @@ def test_logits_loss_gives_no_zero_gradient_pairs(confident_cnn_runs):
     assert scan["all_zero"] == 0, scan
     assert scan["min_target_prob"] < 1e-7, "the model must be confident for this check to mean anything"
     assert not [f for f in summary["findings"] if f["id"] == "loss-clipping-zero-grad"]
+
+
+def test_threads_flag_parses_and_is_applied(tmp_path, monkeypatch):
+    import train
+
+    assert train.parse_args(["--model", "cnn", "--threads", "3"]).threads == 3
+    assert train.parse_args(["--model", "cnn"]).threads is None  # default: experiments/threads.py's rule
+    with pytest.raises(SystemExit) as exited:
+        train.parse_args(["--model", "cnn", "--threads", "0"])
+    assert exited.value.code == 2
+    before = torch.get_num_threads()
+    try:
+        assert train.use_threads(3, show=False).threads == 3 and torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+
+    class Reached(Exception):
+        pass
+
+    asked = []
+
+    def use_threads(requested, show=True):
+        asked.append(requested)
+        raise Reached  # the run itself is not needed: only that it applies the flag
+
+    monkeypatch.setattr(train, "use_threads", use_threads)
+    with pytest.raises(Reached):
+        train.main(["--model", "dense-mlp", "--dry-run", "--threads", "2", "--run-dir", str(tmp_path / "run")])
+    assert asked == [2]

@@ -55,8 +55,9 @@ def test_a_sequence_feature_is_its_last_dimension():
 
 
 def test_under_a_monitor_only_units_not_yet_fired_are_watched_and_late_firing_counts():
-    """After the first steps the hook looks only at units that never fired (all others are known
-    alive); a unit that fires for the first time at a later, non-logging step still counts."""
+    """After the first step of an interval the hook looks only at units that have not fired in
+    it (on a CPU, where knowing which is free); a unit that fires for the first time at a later,
+    non-logging step still counts."""
     from probes import Monitor
 
     lin = nn.Linear(3, 3)
@@ -70,7 +71,35 @@ def test_under_a_monitor_only_units_not_yet_fired_are_watched_and_late_firing_co
         for step, x in enumerate(inputs):
             model(x.requires_grad_()).sum().backward()
             monitor.step()
-            if step == 1:
-                assert probe._watch["1"].tolist() == [1, 2]  # unit 0 fired: no longer read
+            if step == 1:  # step 0 logged and closed its interval: step 1 opened a new one
+                assert probe._left["1"].tolist() == [1, 2]  # unit 0 fired: no longer read
     layer = probe.summary()["layers"]["1"]
     assert layer["dead_units"] == [2] and layer["examples"] == 4
+
+
+def test_a_layer_whose_units_all_fired_loses_its_hook_until_the_next_logging_step():
+    """Between logs a healthy network pays nothing: once every unit of a ReLU has fired in the
+    interval its hook is removed, and the logging step that closes the interval puts it back."""
+    from probes import Monitor
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 2))
+    with torch.no_grad():
+        model[2].bias[5] = -100.0  # unit 5 of the second ReLU never fires
+    probe = DeadUnits()
+    hooked, xs = [], [torch.randn(64, 4) for _ in range(9)]
+    with Monitor([probe], every=4).attach(model) as monitor:
+        for x in xs:
+            model(x).sum().backward()
+            monitor.step()
+            hooked.append((len(model[1]._forward_hooks), len(model[3]._forward_hooks)))
+    assert len(model[1]._forward_hooks) == len(model[3]._forward_hooks) == 0  # detach removed them all
+    # after a logging step (0, 4, 8) both are watched again; in between only the layer with a silent unit
+    assert hooked == [(1, 1), (0, 1), (0, 1), (0, 1), (1, 1), (0, 1), (0, 1), (0, 1), (1, 1)], hooked
+    layers = probe.summary()["layers"]
+    with torch.no_grad():  # no optimizer: the weights are those of every pass
+        by_hand = (model[:4](torch.cat(xs)) > 0).any(0)
+    assert layers["1"]["dead"] == 0 and 5 in layers["3"]["dead_units"]
+    assert layers["3"]["dead_units"] == torch.nonzero(~by_hand).flatten().tolist()
+    assert layers["1"]["examples"] == layers["3"]["examples"] == 9 * 64
+    assert probe.logged_steps == [0, 4, 8] and probe.last_fired["3"][5] == -1 and probe.last_fired["1"].min() == 8

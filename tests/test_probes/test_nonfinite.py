@@ -114,13 +114,14 @@ def test_without_check_loss_nor_an_optimizer_the_poisoned_parameter_is_named():
     assert (sentinel.event.step, sentinel.event.where, sentinel.event.name) == (2, "parameter", "2.weight")
 
 
-def test_through_the_optimizer_hook_a_layer_that_overflows_is_named_with_no_call_in_the_loop():
-    """Finite weights and inputs; one layer's output overflows. The check runs in the optimizer's
-    pre-step hook, where the weights are still those of the forward pass, so the replay names it."""
+def test_through_the_optimizer_hook_a_layer_that_overflows_is_named_with_log_loss_only():
+    """Finite weights and inputs; one layer's output overflows. The loss given by ``log_loss`` is
+    checked in the optimizer's pre-step hook, where the weights are still those of the forward
+    pass, so the replay names the layer at its own step."""
     model = net()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     sentinel = NonFiniteSentinel()
-    with Monitor([sentinel], every=100).attach(model, optimizer=opt):
+    with Monitor([sentinel], every=100).attach(model, optimizer=opt) as monitor:
         for step in range(3):
             x = torch.randn(5, 4)
             if step == 1:
@@ -128,9 +129,45 @@ def test_through_the_optimizer_hook_a_layer_that_overflows_is_named_with_no_call
                 with torch.no_grad():
                     model[2].weight.mul_(1e38)
             opt.zero_grad()
-            model(x).pow(2).sum().backward()
+            loss = model(x).pow(2).sum()
+            loss.backward()
+            monitor.log_loss(loss)
             opt.step()
+            if step == 1:
+                assert sentinel.tripped  # at its own step: on a CPU the loss is read at once
     assert (sentinel.event.step, sentinel.event.where, sentinel.event.name) == (1, "activation", "2")
+
+
+def test_a_non_finite_gradient_under_a_finite_loss_is_found_through_the_weights_it_spoils():
+    """sqrt's derivative at 0: a finite loss (0) with non-finite gradients, and no loss handed over.
+    Nothing is read per parameter: the update makes the weights NaN, and at the next step the
+    model's output, checked before the optimizer step (a CPU: reading is free), names them."""
+    model = net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    sentinel = NonFiniteSentinel()
+    with Monitor([sentinel], every=100).attach(model, optimizer=opt):
+        for step in range(4):
+            opt.zero_grad()
+            out = model(torch.randn(5, 4))
+            loss = (out * 0).sum().sqrt() if step == 1 else out.pow(2).sum()
+            loss.backward()
+            opt.step()
+            assert sentinel.tripped == (step >= 2), step
+    assert (sentinel.event.step, sentinel.event.where) == (2, "parameter")
+
+
+def test_a_norm_that_overflows_is_not_a_non_finite_gradient():
+    """The logging step's fused check uses gradient norms; a finite gradient whose norm
+    overflows float32 is checked element-wise and not reported."""
+    model = net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    sentinel = NonFiniteSentinel()
+    with Monitor([sentinel], every=1).attach(model, optimizer=opt):
+        opt.zero_grad()
+        model(torch.randn(5, 4)).sum().backward()
+        model[0].weight.grad.fill_(3e38)  # finite; its norm is inf in float32
+        opt.step()
+    assert torch.isinf(torch.linalg.vector_norm(model[0].weight.grad)) and not sentinel.tripped
 
 
 def layer_hooks(model):
