@@ -40,7 +40,7 @@ class ReparamStudy(Study):
         runs = []
         for v in variants:
             model = ScaledConvNet(variant=v).load_variant1_weights(base).to(self.device)
-            runs.append(make_run(str(v) if self.args.compare else "", model, self.args, sink, [UpdateRatio()]))
+            runs.append(make_run(str(v) if self.args.compare else "", model, self.args, sink, [UpdateRatio(every_step=True)]))
         if self.args.compare:
             self.max_abs_output_diff_at_init = self.output_difference([r.model for r in runs])
         return runs

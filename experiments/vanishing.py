@@ -43,7 +43,7 @@ class VanishingStudy(Study):
     figure = "weight_change.png"
 
     def probes(self) -> List[Probe]:
-        return [WeightChange()]
+        return [WeightChange(every_step=True)]  # the question plots every batch
 
     def dashboard(self, runs: List[Run]) -> List[Category]:
         names = [n for n, _ in weight_matrices(runs[0].model)]

@@ -19,9 +19,9 @@ _BIG = float(torch.finfo(torch.float32).max)
 
 class UpdateRatio(SnapshotProbe):
     """||grad||, ||W_t - W_{t-1}|| and ||W_t - W_{t-1}|| / ||W_{t-1}|| of every weight matrix
-    (``dim >= 2``), at every step, on the device.
+    (``dim >= 2``), at logging steps (``every_step=True``: at every step), on the device.
 
-    ``summary()`` gives means over the run (and of ||W_{t-1}||, for gradients relative to the
+    ``summary()`` gives means over the measured steps (and of ||W_{t-1}||, for gradients relative to the
     weights they move), and per layer the largest ratio of one step, and the largest
     ||grad||/||W||, each with its step (a gradient or a step far larger than the weights
     themselves is an explosion); only logging steps are handed to the sink, as
@@ -45,6 +45,8 @@ class UpdateRatio(SnapshotProbe):
 
     @torch.no_grad()
     def end_step(self, step: int) -> None:
+        if not self._measures():
+            return
         moves = self._moves(step)
         if moves is None:
             return

@@ -17,10 +17,10 @@ from .snapshot import SnapshotProbe
 class WeightChange(SnapshotProbe):
     """After every optimizer step, mean |W_t - W_{t-1}| of each weight matrix (``dim >= 2``).
 
-    Every step is measured (on the device, sharing :class:`probes.snapshot.WeightSnapshot`
-    with :class:`probes.UpdateRatio`) and buffered there; ``collect`` hands the buffered
-    steps over at logging steps, each record with its own step, as ``weight_change/<param>``.
-    ``summary()`` gives the mean over the run.
+    Logging steps are measured (``every_step=True``: every step), on the device, sharing
+    :class:`probes.snapshot.WeightSnapshot` with :class:`probes.UpdateRatio`, and buffered
+    there; ``collect`` hands the buffered steps over at logging steps, each record with its own
+    step, as ``weight_change/<param>``. ``summary()`` gives the mean over the measured steps.
     """
 
     name = "weight_change"
@@ -34,6 +34,8 @@ class WeightChange(SnapshotProbe):
         self._steps = 0
 
     def end_step(self, step: int) -> None:
+        if not self._measures():
+            return
         moves = self._moves(step)
         if moves is not None:
             self._buffered.append((step, moves.mean_abs))

@@ -39,7 +39,7 @@ def test_a_weight_that_moves_and_comes_back_counts_as_changed_and_signed_zero_is
     model = nn.Linear(3, 2, bias=False)
     with torch.no_grad():
         model.weight.zero_()
-    probe = FrozenWeights().attach(model)
+    probe = FrozenWeights(every_step=True).attach(model)
     with torch.no_grad():
         model.weight[0, 0] = 1.0
     probe.end_step(0)
@@ -64,3 +64,26 @@ def test_conv_first_layer_reports_input_channels():
     probe.end_step(0)
     probe.detach()
     assert probe.summary()["frozen_first_layer_inputs"] == [1]
+
+
+def test_by_default_weights_are_compared_at_logging_steps_and_at_the_end():
+    """Between logs nothing is compared (no cost); a move seen at a logging step, or still there
+    when the summary is read, counts; one undone between two logging steps is not seen."""
+    model = nn.Linear(3, 2, bias=False)
+    with torch.no_grad():
+        model.weight.zero_()
+    probe = FrozenWeights().attach(model)
+    moves = {1: (0, 0, 1.0), 2: (0, 0, 0.0), 3: (1, 1, 2.0)}  # step -> (row, col, value) set during it
+    for step in range(5):
+        probe.start_step(step, logging=step in (0, 3))
+        if step in moves:
+            r, c, v = moves[step]
+            with torch.no_grad():
+                model.weight[r, c] = v
+        probe.end_step(step)
+        if step == 3:
+            assert probe.changed["weight"].tolist() == [[False, False, False], [False, True, False]]
+    with torch.no_grad():
+        model.weight[1, 0] = 3.0  # after the last logging step: seen when the summary is read
+    assert probe.summary()["parameters"]["weight"]["changed"] == 2
+    assert probe.frozen_input_features().tolist() == [2]

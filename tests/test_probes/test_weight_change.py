@@ -11,11 +11,14 @@ def net():
     return nn.Sequential(nn.Linear(6, 12), nn.Sigmoid(), nn.Linear(12, 12), nn.Sigmoid(), nn.Linear(12, 3))
 
 
-def test_every_step_is_logged_with_its_own_step_and_matches_hand_computation():
+@pytest.mark.parametrize("every_step", [True, False])
+def test_measured_steps_are_logged_with_their_own_step_and_match_hand_computation(every_step):
+    """every_step: all 10 steps; by default the logging steps 0, 4, 8 only (the snapshot taken
+    as each starts), with the run's mean over those."""
     model = net()
     opt = torch.optim.SGD(model.parameters(), lr=0.3, momentum=0.9)
     sink = MemorySink()
-    monitor = Monitor([WeightChange()], sink=sink, every=4).attach(model)
+    monitor = Monitor([WeightChange(every_step=every_step)], sink=sink, every=4).attach(model)
     gen = torch.Generator().manual_seed(3)
     expected = {name: [] for name in ("0.weight", "2.weight", "4.weight")}
     for _ in range(10):
@@ -30,13 +33,16 @@ def test_every_step_is_logged_with_its_own_step_and_matches_hand_computation():
         monitor.step(loss)
     monitor.flush()  # steps 9 (after the last logging step 8) are flushed here
     monitor.detach()
+    measured = list(range(10)) if every_step else [0, 4, 8]
     for name, values in expected.items():
         logged = sink.scalars[f"weight_change/{name}"]
-        assert [s for s, _ in logged] == list(range(10))
-        assert [v for _, v in logged] == pytest.approx(values, rel=1e-6)
+        assert [s for s, _ in logged] == measured
+        assert [v for _, v in logged] == pytest.approx([values[s] for s in measured], rel=1e-6)
     summary = monitor["weight_change"].summary()
     assert summary["layers"] == list(expected)  # biases are not weight matrices
-    assert summary["mean_abs_dw"] == pytest.approx([sum(v) / 10 for v in expected.values()], rel=1e-6)
+    assert summary["steps"] == len(measured)
+    assert summary["mean_abs_dw"] == pytest.approx(
+        [sum(v[s] for s in measured) / len(measured) for v in expected.values()], rel=1e-6)
     assert "weight_change/0.bias" not in sink.scalars
 
 
