@@ -10,7 +10,7 @@
 # question's series are served (bench/screenshots.py wait), screenshots
 # http://127.0.0.1:PORT/#custom_scalars with smoothing off, stops the server and shrinks the PNG.
 # It installs nothing: without Debian's chromium package it says so and stops. The four runs and
-# screenshots took 5.6 minutes at load average 4 on 2 shared cores (the cnn's 448 steps are most of it).
+# screenshots took 2.9 minutes at load average 2 (5.6 at load 4) on 2 shared cores (the cnn's 448 steps are most of it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
