@@ -13,6 +13,7 @@ import struct
 from collections import defaultdict
 from typing import Any, Dict, List, Optional, Protocol, Sequence, Tuple, Union, runtime_checkable
 
+from . import event_files
 from .layout import Category, Dashboard
 from .records import HostHistogram, HostScalar
 
@@ -114,13 +115,16 @@ class TensorBoardSink:
     written. ``layout=False`` writes none.
     """
 
-    def __init__(self, log_dir: Optional[str] = None, flush_secs: int = 30, writer: Any = None,
+    def __init__(self, log_dir: Optional[str] = None, flush_secs: int = 2, writer: Any = None,
                  max_queue: int = 1000, purge_step: Optional[int] = None, layout: bool = True) -> None:
         """Write to ``log_dir``, or through an existing ``SummaryWriter`` (e.g. Lightning's
         ``TensorBoardLogger.experiment``), which is then left open on :meth:`close`.
         ``purge_step``: a resumed run's first step; TensorBoard then hides whatever an earlier
-        writer logged at this step or later (steps after the checkpoint, which are redone)."""
+        writer logged at this step or later (steps after the checkpoint, which are redone).
+        ``flush_secs``: how long written events may wait in memory before they reach the file
+        (a writer of its own buffers them, see :mod:`probes.event_files`)."""
         self._owns_writer = writer is None
+        event_files.install_fast_checksum()  # TensorBoard's CRC-32C in pure Python: ~3 ms a small model's log
         if writer is None:
             if log_dir is None:
                 raise ValueError("TensorBoardSink needs a log_dir or a writer")
@@ -133,6 +137,7 @@ class TensorBoardSink:
             # logging step of the cnn). A deeper queue lets the writer drain during the next step.
             writer = SummaryWriter(log_dir=log_dir, flush_secs=flush_secs, max_queue=max_queue,
                                    purge_step=purge_step)
+            event_files.buffer_appends(writer)  # one append a flush, not an open-append-close per event
         self.log_dir = writer.log_dir if log_dir is None else log_dir
         self.writer = writer
         self.dashboard: Optional[Dashboard] = Dashboard() if layout else None
