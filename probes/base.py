@@ -126,6 +126,11 @@ class Probe:
     #: is not is left out of compiled passes (the monitor says so once): it measures the
     #: logging steps, which run eagerly.
     traceable: bool = False
+    #: Whether :meth:`end_step` or :meth:`_on_start` has work on steps that do not log. Between
+    #: logs the monitor calls only the probes that say so (a Python call per probe and step is
+    #: what a 1 ms step feels); a subclass whose overrides of them act on logging steps only
+    #: says False. (Hooks registered at attach run on every pass either way.)
+    works_between_logs: bool = True
 
     def __init__(self) -> None:
         self._handles: List[Any] = []
@@ -309,7 +314,11 @@ class Probe:
     def scratch(self) -> stats.Scratch:
         """Reusable buffers and the histogram sampler, released when a step that does not log starts."""
         if self._scratch is None:
-            self._scratch = stats.Scratch()
+            # small tensors summarised together at collect time, in one process (several
+            # processes reduce records tensor by tensor: see probes.distributed)
+            dist = torch.distributed
+            alone = not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1)
+            self._scratch = stats.Scratch(defer=alone)
         return self._scratch
 
     def _scalar(self, kind: str, name: str, value: torch.Tensor, reduce: str = "mean",
@@ -437,8 +446,8 @@ def _restore(current: Any, saved: Any, what: str) -> Any:
 
 def _record_state(r: Record) -> tuple:
     if isinstance(r, Scalar):
-        return ("scalar", r.tag, r.step, r.value, r.reduce)
-    return ("histogram", r.tag, r.step, tuple(r.hist), r.reduce)
+        return ("scalar", r.tag, r.step, stats.materialize(r.value), r.reduce)
+    return ("histogram", r.tag, r.step, tuple(stats.materialize(t) for t in r.hist), r.reduce)
 
 
 def _record_from_state(t: tuple) -> Record:

@@ -27,30 +27,58 @@ class DeadInputs(Probe):
     everything but the batch dimension, e.g. ``(C, H, W)`` for a Conv; for an ``nn.Embedding``
     a feature is a vocabulary row (a token id: "always zero" is a token that never occurred,
     as :class:`probes.FrozenWeights` counts embedding rows), and an example is a sequence. Every training
-    forward pass is counted, not only logging steps: one ``any`` over the batch into a bool
-    accumulator on the device, no host sync. Passes with gradients disabled (evaluation
+    forward pass is counted, not only logging steps. Passes with gradients disabled (evaluation
     under ``torch.no_grad``) and passes inside :func:`probes.suspended` are not counted, nor
     inputs whose feature shape differs from the first one seen (``skipped`` counts them).
     Under several processes a feature is always zero only if it was so on every rank.
+
+    What a pass costs: the largest ``|x|`` of each feature over the batch, folded into a
+    running maximum in place (``abs``, ``amax``, ``maximum``: three tensor ops on the device,
+    no host read; a feature is "seen nonzero" where that maximum is not 0, NaN included).
+    That is cheaper than gathering only the features still zero (an ``index_select`` and an
+    ``any`` read back: ~2x the time on a small MLP's 32x784 batch, where op dispatch, not
+    memory, is the cost), and the same traced into a torch.compile graph. On a CPU, once every
+    feature has been seen nonzero (checked every :data:`CHECK_EVERY` passes, a free read
+    there), a pass only counts its examples.
     """
 
     name = "dead_inputs"
     state = {"seen_nonzero": "any", "examples": "sum", "skipped": "sum"}
-    traceable = True  # compiled: the mask OR-ed in place and a device counter, no Python counter
+    traceable = True  # compiled: the running maximum updated in place and a device counter, no Python counter
+    #: passes between two checks, on a CPU, of whether every feature was seen nonzero
+    CHECK_EVERY = 32
 
     def __init__(self, layer: Optional[str] = None) -> None:
         super().__init__()
         self.layer_name = layer
         self.layer: Optional[str] = None
-        self.seen_nonzero: Optional[torch.Tensor] = None  # bool, feature shape
+        # per feature: the largest |x| seen (a non-zero value is a feature seen nonzero), in the
+        # input's dtype (a float32 copy would flush a float64 1e-300 to 0); bool for tokens
+        self._largest: Optional[torch.Tensor] = None
         self.examples = 0
         self.skipped = 0
         self._feature_kind = "input"
-        self._left: Optional[torch.Tensor] = None  # CPU: flat indices of the features not seen nonzero yet
+        self._all_seen = False  # CPU: every feature was seen nonzero (nothing left to learn but counts)
+        self._unchecked = 0  # passes since that was last checked
         self._examples_compiled: Optional[torch.Tensor] = None  # examples of compiled passes, on the device
 
+    @property
+    def seen_nonzero(self) -> Optional[torch.Tensor]:
+        """Bool mask over the features: nonzero in some example seen."""
+        largest = self._largest
+        return largest if largest is None or largest.dtype == torch.bool else largest != 0
+
+    @seen_nonzero.setter
+    def seen_nonzero(self, value: Optional[torch.Tensor]) -> None:
+        """A saved or reduced mask: a running maximum that is 1 where a feature was seen."""
+        kind = self._largest
+        if value is not None and kind is not None and kind.dtype != torch.bool:
+            value = value.to(kind.dtype)
+        self._largest, self._all_seen, self._unchecked = value, False, 0
+
     def _on_attach(self, model: nn.Module) -> None:
-        self.seen_nonzero, self.examples, self.skipped = None, 0, 0  # counts are per attach
+        self._largest, self.examples, self.skipped = None, 0, 0  # counts are per attach
+        self._all_seen, self._unchecked = False, 0
         self.layer, module = first_weight_layer(model, self.layer_name)
         self._feature_kind = "token" if isinstance(module, nn.Embedding) else "input"
         if isinstance(module, nn.Embedding):
@@ -64,55 +92,50 @@ class DeadInputs(Probe):
             return
         n = ids.shape[0] if ids.dim() > 1 else 1
         if compiling():  # traced: tensor updates only
-            if self.seen_nonzero is not None and self._examples_compiled is not None:
-                self.seen_nonzero.index_fill_(0, ids.detach().reshape(-1), True)
+            if self._largest is not None and self._examples_compiled is not None:
+                self._largest.index_fill_(0, ids.detach().reshape(-1), True)
                 self._examples_compiled += n
             return
-        if self.seen_nonzero is None:
-            self.seen_nonzero = torch.zeros(module.num_embeddings, dtype=torch.bool, device=ids.device)
+        if self._largest is None:
+            self._largest = torch.zeros(module.num_embeddings, dtype=torch.bool, device=ids.device)
             self._examples_compiled = torch.zeros((), dtype=torch.long, device=ids.device)
-        self.seen_nonzero.index_fill_(0, ids.detach().reshape(-1), True)
+        self._largest.index_fill_(0, ids.detach().reshape(-1), True)
         self.examples += n
 
     def _on_input(self, per_feature_last: bool, module: nn.Module, inputs: Any) -> None:
         x = first_tensor(inputs)
         if x is None:
             return
-        if self._left is not None and not self._left.numel() and not compiling() and \
-                (x.shape[-1] if per_feature_last else math.prod(x.shape[1:])) == self.seen_nonzero.shape[0]:
+        if self._all_seen and not compiling() and \
+                (x.shape[-1] if per_feature_last else math.prod(x.shape[1:])) == self._largest.shape[0]:
             # every feature was seen nonzero: nothing can change but the count (no tensor op at all)
             self.examples += (x.numel() // x.shape[-1]) if per_feature_last else x.shape[0]
             return
         x = x.detach()
         flat = x.reshape(-1, x.shape[-1]) if per_feature_last else x.reshape(x.shape[0], -1)
-        seen = self.seen_nonzero
+        largest = self._largest
         if compiling():  # traced: tensor updates only (an int counter would be a guard)
-            if seen is not None and self._examples_compiled is not None and seen.shape[0] == flat.shape[1]:
-                seen |= (flat != 0).any(0)
+            if largest is not None and self._examples_compiled is not None and largest.shape[0] == flat.shape[1]:
+                _fold(largest, flat)
                 self._examples_compiled += flat.shape[0]
             return
-        if seen is None:
-            self.seen_nonzero = (flat != 0).any(0)
+        if largest is None:
+            self._largest = largest = _extent(flat)
             self._examples_compiled = torch.zeros((), dtype=torch.long, device=flat.device)
-        elif seen.shape[0] != flat.shape[1]:
+        elif largest.shape[0] != flat.shape[1]:
             self.skipped += flat.shape[0]  # another input size than the first: not comparable
             return
-        elif self._left is not None:  # CPU: only the features not seen nonzero yet (MNIST: ~70 of 784)
-            if self._left.numel():
-                picked = flat.index_select(1, self._left)
-                if not bool(picked.any()):  # the usual step: none of them fired (a read, free on a CPU)
-                    self.examples += flat.shape[0]
-                    return
-                seen.index_put_((self._left,), (picked != 0).any(0))
         else:
-            seen |= (flat != 0).any(0)
-        if host_reads_are_free(flat.device):
-            self._left = torch.nonzero(~self.seen_nonzero).flatten()  # free on a CPU
+            _fold(largest, flat)
         self.examples += flat.shape[0]  # a shape, known on the host: no sync
+        self._unchecked += 1
+        if self._unchecked >= self.CHECK_EVERY and host_reads_are_free(flat.device):
+            self._unchecked = 0
+            self._all_seen = bool(self.seen_nonzero.all())  # free on a CPU
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         super().load_state_dict(state)
-        self._left = None
+        self._all_seen, self._unchecked = False, 0
 
     def always_zero(self) -> Optional[torch.Tensor]:
         """Flat indices of the features that were zero in every example seen so far."""
@@ -127,3 +150,21 @@ class DeadInputs(Probe):
         examples = self.examples + (int(self._examples_compiled) if self._examples_compiled is not None else 0)
         return {"layer": self.layer, "features": self.seen_nonzero.numel(), "examples": examples,
                 "skipped": self.skipped, "always_zero": zero.tolist(), "feature_kind": self._feature_kind}
+
+
+def _extent(flat: torch.Tensor) -> torch.Tensor:
+    """Per feature (column), the largest ``|x|`` over the examples (rows): 0 exactly where the
+    feature is zero in every one (NaN stays NaN: not zero). Bool and integer inputs are reduced
+    to "any nonzero" (``abs`` of the smallest integer overflows to a negative number)."""
+    if flat.is_floating_point() or flat.is_complex():
+        return flat.abs().amax(0)
+    return flat.ne(0).any(0)
+
+
+def _fold(largest: torch.Tensor, flat: torch.Tensor) -> None:
+    """Fold a batch's :func:`_extent` into the running one, in place."""
+    extent = _extent(flat)
+    if largest.dtype == torch.bool:
+        largest.logical_or_(extent.bool() if extent.dtype != torch.bool else extent)
+    else:
+        torch.maximum(largest, extent.to(largest.dtype), out=largest)

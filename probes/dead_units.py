@@ -62,6 +62,7 @@ class DeadUnits(Probe):
     state = {"seen_nonzero": "any", "examples": "sum", "_interval": "any", "last_fired": "max",
              "fired_intervals": "max", "logged_steps": "same"}
     traceable = True  # its hooks make plain tensor updates when compiled
+    works_between_logs = False  # end_step closes an interval at logging steps only; its hooks run anyway
 
     def __init__(self, recent_logs: int = 3) -> None:
         super().__init__()

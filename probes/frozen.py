@@ -71,6 +71,10 @@ class FrozenWeights(Probe):
         self._compare()  # the steps since the last comparison
         self._params, self._initial = {}, {}  # the masks stay readable after detach
 
+    @property
+    def works_between_logs(self) -> bool:  # type: ignore[override]
+        return self.every_step
+
     def end_step(self, step: int) -> None:
         if self.every_step or self._logging:
             self._compare()

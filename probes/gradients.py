@@ -44,6 +44,7 @@ class GradientStats(Probe):
     """
 
     name = "gradients"
+    works_between_logs = False  # its hooks and end_step act on logging steps only
 
     def __init__(self, bins: int = stats.DEFAULT_BINS, layer_outputs: bool = True,
                  hist_sample: Optional[int] = HIST_SAMPLE, layer_zero_fractions: str = "model output") -> None:
@@ -71,8 +72,9 @@ class GradientStats(Probe):
                 self._forward_hook(model, self._on_model_output, armed=True)
 
     def _on_start(self, step: int, logging: bool) -> None:
-        self._outputs.clear()
-        self._model_output = None
+        if logging:
+            self._outputs.clear()
+            self._model_output = None
 
     def _on_param_grad(self, name: str, param: torch.Tensor) -> None:
         # Accumulation over several backward passes fires this hook each time, and DDP

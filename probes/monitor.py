@@ -76,6 +76,7 @@ class Monitor:
         self._given_loss: Optional[torch.Tensor] = None  # the loss log_loss handed to the probes this step
         self._loss_probes: List[Probe] = []  # probes that take the loss (override see_loss)
         self._stepped_probes: List[Probe] = []  # probes with an end_step of their own
+        self._stepped_between: List[Probe] = []  # those of them with work on steps that do not log
         self._quiet_probes: List[Probe] = []  # probes that start every step (hooks on every pass, _on_start)
         self._logging_step = True  # whether the step now running logs (so _start undoes its hooks)
         self._stance: Any = None  # the set_stance of a logging step, to undo at its end
@@ -117,8 +118,10 @@ class Monitor:
         self._weight_order = list(self.structure["weights"])
         self._loss_probes = [p for p in self.probes if type(p).see_loss is not Probe.see_loss]
         self._stepped_probes = [p for p in self.probes if type(p).end_step is not Probe.end_step]
+        self._stepped_between = [p for p in self._stepped_probes if p.works_between_logs]
         self._quiet_steps = 0
-        self._quiet_probes = [p for p in self.probes if p._always_hooked or type(p)._on_start is not Probe._on_start]
+        self._quiet_probes = [p for p in self.probes if p._always_hooked or
+                              (type(p)._on_start is not Probe._on_start and p.works_between_logs)]
         self._logging_step = True
         if optimizer is not None:
             self._optimizer_hook = optimizer.register_step_post_hook(self._after_optimizer_step)
@@ -241,7 +244,7 @@ class Monitor:
                 for probe in self._loss_probes:
                     probe.see_loss(loss)
             self._losses.append((step, loss.detach()))  # a reference; converted when logged
-        for probe in self._stepped_probes:
+        for probe in (self._stepped_probes if self._logging_step else self._stepped_between):
             probe.end_step(step)
         if self._logging_step:
             self._log(step)

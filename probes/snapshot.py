@@ -119,6 +119,10 @@ class SnapshotProbe(Probe):
         if not self.every_step and self._snapshot is not None:
             self._snapshot.begin(self.step)
 
+    @property
+    def works_between_logs(self) -> bool:  # type: ignore[override]
+        return self.every_step
+
     def _measures(self) -> bool:
         """Whether the step now ending is measured: every step, or logging steps only."""
         return self.every_step or self._logging
