@@ -111,8 +111,9 @@ class DeadInputs(Probe):
             # every feature was seen nonzero: nothing can change but the count (no tensor op at all)
             self.examples += (x.numel() // x.shape[-1]) if per_feature_last else x.shape[0]
             return
-        x = x.detach()
-        flat = x.reshape(-1, x.shape[-1]) if per_feature_last else x.reshape(x.shape[0], -1)
+        if x.requires_grad:  # an activation, not data: no graph for the running maximum
+            x = x.detach()
+        flat = x if x.dim() == 2 else x.reshape(-1, x.shape[-1]) if per_feature_last else x.reshape(x.shape[0], -1)
         largest = self._largest
         if compiling():  # traced: tensor updates only (an int counter would be a guard)
             if largest is not None and self._examples_compiled is not None and largest.shape[0] == flat.shape[1]:

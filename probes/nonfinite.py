@@ -190,14 +190,13 @@ class NonFiniteSentinel(Probe):
                 self._passes = []
                 return
         if loss is not None:
-            loss = loss.detach()
             if host_reads_are_free(loss.device):  # a CPU tensor: reading it is no sync
-                if not (math.isfinite(loss.item()) if loss.numel() == 1 else bool(_finite(loss))):
+                if not (math.isfinite(loss.item()) if loss.numel() == 1 else bool(_finite(loss.detach()))):
                     self.event = self._locate(step, moved) or NonFiniteEvent(step, "loss", "loss")
                     self._passes = []
                     return
             else:
-                self._keep(step, loss)
+                self._keep(step, loss.detach())
         if self._logging and self._grads_checked != step:
             self._grads_checked = step
             self._read(step, moved, grads=True)
