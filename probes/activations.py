@@ -120,7 +120,10 @@ class ActivationStats(Probe):
             return
         tag, out = self._call_name(name), out.detach()
         source = first_tensor(inputs) if isinstance(module, REARRANGING) else None
-        summary = stats.summarize(out, self.bins, self.scratch, self.hist_sample, zeros=zeros, same_values_as=source)
+        # a ReLU's output summarised from its input's pass (stats.summarize): no pass of its own
+        rectified = first_tensor(inputs) if isinstance(module, nn.ReLU) and not module.inplace else None
+        summary = stats.summarize(out, self.bins, self.scratch, self.hist_sample, zeros=zeros, same_values_as=source,
+                                  rectified_of=rectified)
         self._histogram(tags.ACTIVATIONS, tag, summary.hist)
         if zeros:
             self._scalar(tags.ACTIVATION_ZERO_FRACTION, tag, summary.zero_fraction)

@@ -64,3 +64,46 @@ def test_large_sampled_and_accelerator_tensors_are_not_deferred(monkeypatch):
     assert isinstance(stats.summarize(torch.ones(10), 30, scratch).norm, torch.Tensor)
     monkeypatch.undo()
     assert isinstance(stats.summarize(torch.ones(10), 30, scratch).norm, stats.Pending)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("pieces", [False, True])
+def test_a_relu_output_summarised_from_its_input_pass_equals_its_own_summary(layout, pieces, monkeypatch):
+    """From the second logging step on, a ReLU's output summary comes from its input's pass
+    (probes.stats.summarize(rectified_of=...)): the same numbers, to the bit, as its own pass."""
+    if pieces:
+        monkeypatch.setattr(stats, "PIECE", 2**12)  # several pieces per tensor
+    gen = torch.Generator().manual_seed(0)
+    memory = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    x = torch.randn(16, 8, 12, 12, generator=gen).contiguous(memory_format=memory)
+    x[0, 0] = 0.0  # exact zeros in the input too
+    relu = torch.relu(x)
+
+    def step(scratch, derive):
+        stats.summarize(x, 30, scratch, sample=1000, zeros=False)
+        s = stats.summarize(relu, 30, scratch, sample=1000, zeros=True, rectified_of=x if derive else None)
+        scratch.new_step()
+        return s
+
+    own = stats.Scratch()
+    derived = stats.Scratch()
+    for _ in range(3):  # the first step learns that a ReLU follows, the next ones derive
+        a, b = step(own, False), step(derived, True)
+    assert derived.rectified_next and not own.rectified_next
+    for name, u, v in [*zip(stats.Hist._fields, a.hist, b.hist), ("zero_fraction", a.zero_fraction, b.zero_fraction),
+                       ("norm", a.norm, b.norm)]:
+        assert torch.equal(u, v), name
+
+
+def test_a_relu_whose_input_changed_in_place_gets_its_own_pass():
+    x = torch.randn(4000)
+    scratch = stats.Scratch()
+    for i in range(3):
+        stats.summarize(x, 30, scratch, sample=100, zeros=False)
+        if i == 2:
+            x.mul_(2)  # the input changed after its summary (learnt as a ReLU's input the steps before)
+        r = torch.relu(x)
+        s = stats.summarize(r, 30, scratch, sample=100, zeros=True, rectified_of=x)
+        scratch.new_step()
+    assert scratch.rectified_next
+    assert float(s.hist.max) == float(r.max()) and float(s.norm) == pytest.approx(float(r.norm()), rel=1e-5)
