@@ -73,81 +73,95 @@ class HostHistogram:
 
 
 def to_host(records: List[Record]) -> list:
-    """Move every tensor of ``records`` to the host with one copy (one sync per logging step)."""
+    """Move every tensor of ``records`` to the host with one copy (one sync per logging step).
+
+    A record's numbers may also be Python numbers already (a CPU summary finished on the host:
+    :func:`probes.stats.summarize`) or :class:`probes.stats.Pending` ones (small tensors
+    summarised together at collect time); those are read from their batch's tables."""
     if not records:
         return []
     # A handful of ops whatever the number of records: every 0-d value (scalars and the five
     # numbers of each histogram) in one stack, every histogram's bucket limits and counts in
-    # one cat, each batch of deferred summaries (:class:`probes.stats.Deferred`) whole, then one
-    # copy. A view per tensor (the way before) was ~400 ops a logging step of a small MLP
-    # (~130 records), each a few microseconds: more than its training step.
-    numbers: List[Any] = []  # 0-d tensors and Pending numbers, in record order
-    vectors: List[Any] = []  # 1-d tensors and Pending rows
+    # one cat, each batch of deferred summaries whole, then one copy. A view per tensor (the
+    # way before) was ~400 ops a logging step of a small MLP (~130 records), each a few
+    # microseconds: more than its training step.
+    numbers: List[Any] = []  # 0-d tensors, Pending numbers and Python numbers, in record order
+    vectors: List[Any] = []  # 1-d tensors, Pending rows and lists
     for r in records:
         if isinstance(r, Scalar):
-            v = r.value
-            numbers.append(v if isinstance(v, Pending) or v.dim() == 0 else v.reshape(()))
+            numbers.append(_number(r.value))
         else:
-            numbers.extend(t if isinstance(t, Pending) or t.dim() == 0 else t.reshape(()) for t in r.hist[:5])
+            numbers.extend(_number(t) for t in r.hist[:5])
             vectors.append(r.hist.bucket_limits)
             vectors.append(r.hist.bucket_counts)
-    flat, where_number, where_vector = _one_copy(numbers, vectors)
+    number_values, vector_values = _one_copy(numbers, vectors)
     out, i, j = [], 0, 0
     for r in records:
         if isinstance(r, Scalar):
-            out.append(HostScalar(r.tag, r.step, flat[where_number[i]]))
+            out.append(HostScalar(r.tag, r.step, number_values[i]))
             i += 1
         else:
-            head = [flat[k] for k in where_number[i:i + 5]]
+            out.append(HostHistogram(r.tag, r.step, *number_values[i:i + 5], vector_values[j], vector_values[j + 1]))
             i += 5
-            (a, n), (b, m) = where_vector[j], where_vector[j + 1]
             j += 2
-            out.append(HostHistogram(r.tag, r.step, *head, flat[a:a + n], flat[b:b + m]))
     return out
 
 
-def _one_copy(numbers: List[Any], vectors: List[Any]) -> Tuple[List[float], List[int], List[Tuple[int, int]]]:
-    """Every value on the host as one list of floats, with where each number is in it and where
-    each vector starts and how long it is. Plain tensors come first (stacked, then cat), then
-    each batch of pending summaries as it is (its numbers, limits and counts tables)."""
-    plain_numbers = [t for t in numbers if not isinstance(t, Pending)]
-    plain_vectors = [t for t in vectors if not isinstance(t, Pending)]
+def _number(value: Any) -> Any:
+    """A record's number as :func:`_one_copy` takes it: a 0-d tensor, a Pending or a float."""
+    if isinstance(value, torch.Tensor):
+        return value if value.dim() == 0 else value.reshape(())
+    return value if isinstance(value, Pending) else float(value)
+
+
+def _one_copy(numbers: List[Any], vectors: List[Any]) -> Tuple[List[float], List[List[float]]]:
+    """Every number and vector as Python floats, with one device-to-host copy: plain tensors
+    stacked and cat, then each batch of pending summaries as it is (its numbers, limits and
+    counts tables); Python numbers and lists as they are."""
+    plain_numbers = [t for t in numbers if isinstance(t, torch.Tensor)]
+    plain_vectors = [t for t in vectors if isinstance(t, torch.Tensor)]
     batches: Dict[int, Any] = {}
     for t in (*numbers, *vectors):
         if isinstance(t, Pending) and id(t.batch) not in batches:
             t.batch.resolve()
             batches[id(t.batch)] = t.batch
     parts: List[torch.Tensor] = []
+    starts: Dict[int, Tuple[int, int, int]] = {}  # batch -> where its numbers, limits, counts start
+    flat: List[float] = []
     with torch.no_grad():
         if plain_numbers:
             parts.append(torch.stack(plain_numbers).to(torch.float64))
         if plain_vectors:
             parts.append(torch.cat(plain_vectors).to(torch.float64))
-        starts: Dict[int, Tuple[int, int, int]] = {}  # batch -> where its numbers, limits, counts start
         at = len(plain_numbers) + sum(t.numel() for t in plain_vectors)
         for key, batch in batches.items():
             tables = (batch.numbers, batch.limits, batch.counts)
             starts[key] = (at, at + tables[0].numel(), at + tables[0].numel() + tables[1].numel())
             at += sum(t.numel() for t in tables)
             parts.extend(t.reshape(-1).to(torch.float64) for t in tables)
-        device = parts[0].device
-        if any(p.device != device for p in parts):
-            parts = [p.to(device) for p in parts]
-        flat = (torch.cat(parts) if len(parts) > 1 else parts[0]).to("cpu").tolist()
-    where_number, k = [], 0
+        if parts:
+            device = parts[0].device
+            if any(p.device != device for p in parts):
+                parts = [p.to(device) for p in parts]
+            flat = (torch.cat(parts) if len(parts) > 1 else parts[0]).to("cpu").tolist()
+    number_values, k = [], 0
     for t in numbers:
         if isinstance(t, Pending):
-            where_number.append(starts[id(t.batch)][0] + t.row * 7 + t.field)
-        else:
-            where_number.append(k)
+            number_values.append(flat[starts[id(t.batch)][0] + t.row * 7 + t.field])
+        elif isinstance(t, torch.Tensor):
+            number_values.append(flat[k])
             k += 1
-    where_vector, v = [], len(plain_numbers)
+        else:
+            number_values.append(t)
+    vector_values, v = [], len(plain_numbers)
     for t in vectors:
         if isinstance(t, Pending):
             bins = t.batch.bins
             table = starts[id(t.batch)][1 if t.field == t.batch.LIMITS else 2]
-            where_vector.append((table + t.row * bins, bins))
-        else:
-            where_vector.append((v, t.numel()))
+            vector_values.append(flat[table + t.row * bins:table + (t.row + 1) * bins])
+        elif isinstance(t, torch.Tensor):
+            vector_values.append(flat[v:v + t.numel()])
             v += t.numel()
-    return flat, where_number, where_vector
+        else:
+            vector_values.append([float(e) for e in t])
+    return number_values, vector_values

@@ -15,6 +15,8 @@ faults than the arithmetic on it), and a ReLU's output is summarised from its in
 """
 from __future__ import annotations
 
+import math
+import struct
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
@@ -288,6 +290,11 @@ def summarize(x: torch.Tensor, bins: int = DEFAULT_BINS, scratch: Optional[Scrat
         rectify = picks is not None and (call, n) in scratch.rectified_next
         total, lo, hi, sum_squares, nonzero, sampled, positive = _moments_in_pieces(x, scratch, picks, zeros,
                                                                                      rectify=rectify)
+        if scratch.defer:  # one process: the rest in Python numbers (a handful of ops, not ~20)
+            summary = _summary_on_host(x, n, total, lo, hi, sum_squares, nonzero, sampled, positive, picks,
+                                       sample, bins, scratch, asked, call)
+            if summary is not None:
+                return summary
         all_finite = bool(torch.isfinite(total))  # a NaN or Inf anywhere spoils the sum
     if all_finite:
         finite, norm = x, sum_squares.sqrt()
@@ -316,6 +323,66 @@ def summarize(x: torch.Tensor, bins: int = DEFAULT_BINS, scratch: Optional[Scrat
         scratch._rectified = (x, x._version, asked, Summary(hist_p, ((n - nonzero_p.double()) / n).float(),
                                                             squares_p.sqrt()))
     return summary
+
+
+def _f32(value: float) -> float:
+    """``value`` rounded to float32, as a Python float. An operation on float32 values done in
+    float64 and rounded so is the float32 operation's own result (double rounding is harmless
+    for +, -, *, / and sqrt when 53 >= 2 * 24 + 2): the host gets the device's numbers."""
+    return _F32.unpack(_F32.pack(value))[0]
+
+
+_F32 = struct.Struct("f")
+_TINY_WIDTH = _f32(1e-12)
+
+
+def _summary_on_host(x: torch.Tensor, n: int, total: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
+                     sum_squares: torch.Tensor, nonzero: Optional[torch.Tensor], sampled: Optional[torch.Tensor],
+                     positive: Optional[tuple], picks: Optional[torch.Tensor], sample: Optional[int], bins: int,
+                     scratch: Scratch, asked: tuple, call: int) -> Optional[Summary]:
+    """The rest of :func:`summarize` where reading back is free (a CPU, one process): the moments
+    read in one op, the bucket edges, zero fraction and norm worked out in Python float32
+    arithmetic (:func:`_f32`: the same numbers as the tensor path), only the bucketing left to
+    tensor ops. Records then hold Python numbers, which :func:`probes.records.to_host` passes on.
+    None if a value is not finite (the tensor path handles that)."""
+    read = [total, lo, hi, sum_squares] + ([nonzero] if nonzero is not None else []) + \
+        (list(positive) if positive is not None else [])
+    numbers = torch.stack([t.double() for t in read]).tolist()
+    total_f, lo_f, hi_f, squares_f = numbers[:4]
+    if not math.isfinite(total_f):
+        return None
+    at = 4
+    zero_fraction = None
+    if nonzero is not None:
+        zero_fraction = _f32((n - numbers[at]) / n)
+        at += 1
+    values, scale = (sampled, n / sample) if picks is not None else (x, None)
+    num = float(n)
+    summary = Summary(_histogram_on_host(values, lo_f, hi_f, num, total_f, squares_f, bins, scratch, scale),
+                      zero_fraction, _f32(math.sqrt(squares_f)))
+    scratch.remember(x, asked, summary)
+    scratch._last_call = call
+    if positive is not None:  # the summary of max(x, 0), for the ReLU that comes next
+        total_p, squares_p, nonzero_p = numbers[at:at + 3]
+        lo_p = 0.0 if nonzero_p < n else lo_f  # a zero unless every element is > 0
+        hist_p = _histogram_on_host(sampled.clamp(min=0), lo_p, max(hi_f, 0.0), num, total_p, squares_p, bins,
+                                    scratch, scale)
+        scratch._rectified = (x, x._version, asked, Summary(hist_p, _f32((n - nonzero_p) / n),
+                                                            _f32(math.sqrt(squares_p))))
+    return summary
+
+
+def _histogram_on_host(values: torch.Tensor, lo: float, hi: float, num: float, total: float, sum_squares: float,
+                       bins: int, scratch: "Scratch", scale: Optional[float]) -> Hist:
+    """:func:`_histogram` with its range as Python float32 values: the same edges and counts."""
+    width = _f32(max(_f32(hi - lo), _TINY_WIDTH) / bins)
+    index = torch.sub(values, lo, out=scratch.take("q", values.numel(), values.dtype, values.device))
+    index.div_(width).clamp_(0, bins - 1)
+    counts = _bincount(index, bins, scratch)
+    if scale is not None:
+        counts = counts * scale
+    limits = [_f32(lo + width * k) for k in range(1, bins + 1)]  # addcmul's lo + width * k, rounded once
+    return Hist(lo, hi, num, total, sum_squares, limits, counts.tolist())  # type: ignore[arg-type]
 
 
 def _histogram(values: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, num: torch.Tensor, total: torch.Tensor,

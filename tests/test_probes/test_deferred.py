@@ -58,17 +58,21 @@ def test_a_tensor_changed_in_place_after_it_was_summarised_keeps_its_first_value
 
 def test_large_sampled_and_accelerator_tensors_are_not_deferred(monkeypatch):
     scratch = stats.Scratch(defer=True)
-    assert isinstance(stats.summarize(torch.ones(stats.DEFER_MAX + 1), 30, scratch).norm, torch.Tensor)
-    assert isinstance(stats.summarize(torch.ones(1000), 30, scratch, sample=100).norm, torch.Tensor)
-    monkeypatch.setattr(stats, "host_reads_are_free", lambda device: False)
+    # summarised at once, finished on the host (Python numbers)
+    assert isinstance(stats.summarize(torch.ones(stats.DEFER_MAX + 1), 30, scratch).norm, float)
+    assert isinstance(stats.summarize(torch.ones(1000), 30, scratch, sample=100).norm, float)
+    monkeypatch.setattr(stats, "host_reads_are_free", lambda device: False)  # an accelerator: tensors
     assert isinstance(stats.summarize(torch.ones(10), 30, scratch).norm, torch.Tensor)
     monkeypatch.undo()
     assert isinstance(stats.summarize(torch.ones(10), 30, scratch).norm, stats.Pending)
+    several_processes = stats.Scratch(defer=False)  # records reduced across processes need tensors
+    assert isinstance(stats.summarize(torch.ones(10000), 30, several_processes).norm, torch.Tensor)
 
 
+@pytest.mark.parametrize("on_host", [False, True])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("pieces", [False, True])
-def test_a_relu_output_summarised_from_its_input_pass_equals_its_own_summary(layout, pieces, monkeypatch):
+def test_a_relu_output_summarised_from_its_input_pass_equals_its_own_summary(layout, pieces, on_host, monkeypatch):
     """From the second logging step on, a ReLU's output summary comes from its input's pass
     (probes.stats.summarize(rectified_of=...)): the same numbers, to the bit, as its own pass."""
     if pieces:
@@ -85,14 +89,15 @@ def test_a_relu_output_summarised_from_its_input_pass_equals_its_own_summary(lay
         scratch.new_step()
         return s
 
-    own = stats.Scratch()
-    derived = stats.Scratch()
+    own = stats.Scratch(defer=on_host)
+    derived = stats.Scratch(defer=on_host)
     for _ in range(3):  # the first step learns that a ReLU follows, the next ones derive
         a, b = step(own, False), step(derived, True)
     assert derived.rectified_next and not own.rectified_next
-    for name, u, v in [*zip(stats.Hist._fields, a.hist, b.hist), ("zero_fraction", a.zero_fraction, b.zero_fraction),
-                       ("norm", a.norm, b.norm)]:
-        assert torch.equal(u, v), name
+    assert isinstance(b.norm, float) == on_host
+    host = [to_host([Histogram("h", 0, s.hist), Scalar("z", 0, s.zero_fraction), Scalar("n", 0, s.norm)])
+            for s in (a, b)]
+    assert host[0] == host[1]
 
 
 def test_a_relu_whose_input_changed_in_place_gets_its_own_pass():
@@ -107,3 +112,21 @@ def test_a_relu_whose_input_changed_in_place_gets_its_own_pass():
         scratch.new_step()
     assert scratch.rectified_next
     assert float(s.hist.max) == float(r.max()) and float(s.norm) == pytest.approx(float(r.norm()), rel=1e-5)
+
+
+@pytest.mark.parametrize("sample", [None, 1000])
+def test_a_summary_finished_on_the_host_equals_the_tensor_one_to_the_bit(sample):
+    """One process on a CPU: the edges, zero fraction and norm in Python float32 arithmetic give
+    the numbers the tensor path gives (several processes, accelerators), to the bit."""
+    gen = torch.Generator().manual_seed(1)
+    tensors = [torch.randn(20000, generator=gen) * 1e-3, torch.randn(30, 8000, generator=gen).relu(),
+               torch.full((5000,), -2.0), torch.rand(9000, generator=gen) * 1e6 - 3e5]
+    for x in tensors:
+        on_host = stats.summarize(x, 30, stats.Scratch(defer=True), sample=sample, zeros=True)
+        assert isinstance(on_host.norm, float)
+        as_tensors = stats.summarize(x, 30, stats.Scratch(defer=False), sample=sample, zeros=True)
+        a, b = to_host([Histogram("h", 0, on_host.hist), Scalar("z", 0, on_host.zero_fraction),
+                        Scalar("n", 0, on_host.norm)]), \
+            to_host([Histogram("h", 0, as_tensors.hist), Scalar("z", 0, as_tensors.zero_fraction),
+                     Scalar("n", 0, as_tensors.norm)])
+        assert a == b
