@@ -314,11 +314,11 @@ class Probe:
     def scratch(self) -> stats.Scratch:
         """Reusable buffers and the histogram sampler, released when a step that does not log starts."""
         if self._scratch is None:
-            # small tensors summarised together at collect time, in one process (several
-            # processes reduce records tensor by tensor: see probes.distributed)
+            # records of host numbers where one process has them (several processes reduce
+            # records tensor by tensor: see probes.distributed)
             dist = torch.distributed
             alone = not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1)
-            self._scratch = stats.Scratch(defer=alone)
+            self._scratch = stats.Scratch(host_records=alone)
         return self._scratch
 
     def _scalar(self, kind: str, name: str, value: torch.Tensor, reduce: str = "mean",

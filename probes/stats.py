@@ -74,10 +74,12 @@ class Scratch:
     end of the logging step, so that a view of it costs no pass (:meth:`recall`).
     """
 
-    def __init__(self, defer: bool = False) -> None:
-        #: summarise small CPU tensors together when the step's records are collected (see
-        #: :class:`Deferred`); the records then hold :class:`Pending` values until :meth:`resolve`
-        self.defer = defer
+    def __init__(self, host_records: bool = False) -> None:
+        #: summaries on a CPU may be records of host numbers rather than tensors: nothing reduces
+        #: them across processes (one process). Their last arithmetic is then done in Python, and
+        #: small tensors are summarised together when the step's records are collected
+        #: (:class:`Deferred`: :class:`Pending` values until :meth:`resolve`).
+        self.host_records = host_records
         self.deferred: Optional["Deferred"] = None
         self._buffers: Dict[Tuple[str, torch.dtype, torch.device], torch.Tensor] = {}
         self._generators: Dict[torch.device, torch.Generator] = {}
@@ -277,7 +279,7 @@ def summarize(x: torch.Tensor, bins: int = DEFAULT_BINS, scratch: Optional[Scrat
     # always take the nan_to_num pass.
     all_finite, sampled = False, None
     picks = scratch.picks(n, sample, x.device) if sample is not None and n > sample else None
-    if scratch.defer and picks is None and n <= DEFER_MAX and host_reads_are_free(x.device) and not _compiling():
+    if scratch.host_records and picks is None and n <= DEFER_MAX and host_reads_are_free(x.device) and not _compiling():
         if scratch.deferred is None or scratch.deferred.bins != bins:
             scratch.resolve()
             scratch.deferred = Deferred(bins, scratch)
@@ -290,7 +292,7 @@ def summarize(x: torch.Tensor, bins: int = DEFAULT_BINS, scratch: Optional[Scrat
         rectify = picks is not None and (call, n) in scratch.rectified_next
         total, lo, hi, sum_squares, nonzero, sampled, positive = _moments_in_pieces(x, scratch, picks, zeros,
                                                                                      rectify=rectify)
-        if scratch.defer:  # one process: the rest in Python numbers (a handful of ops, not ~20)
+        if scratch.host_records:  # one process: the rest in Python numbers (a handful of ops, not ~20)
             summary = _summary_on_host(x, n, total, lo, hi, sum_squares, nonzero, sampled, positive, picks,
                                        sample, bins, scratch, asked, call)
             if summary is not None:

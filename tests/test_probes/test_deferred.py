@@ -21,7 +21,7 @@ def cases():
 
 
 def records(defer: bool):
-    scratch = stats.Scratch(defer=defer)
+    scratch = stats.Scratch(host_records=defer)
     out = []
     for name, x in cases().items():
         s = stats.summarize(x, 30, scratch, sample=None, zeros=True)
@@ -47,7 +47,7 @@ def test_deferred_summaries_equal_one_summary_each():
 
 
 def test_a_tensor_changed_in_place_after_it_was_summarised_keeps_its_first_values():
-    scratch = stats.Scratch(defer=True)
+    scratch = stats.Scratch(host_records=True)
     x = torch.arange(10.0)
     s = stats.summarize(x, 5, scratch)
     x.zero_()  # e.g. an in-place ReLU or a gradient clip later in the step
@@ -57,7 +57,7 @@ def test_a_tensor_changed_in_place_after_it_was_summarised_keeps_its_first_value
 
 
 def test_large_sampled_and_accelerator_tensors_are_not_deferred(monkeypatch):
-    scratch = stats.Scratch(defer=True)
+    scratch = stats.Scratch(host_records=True)
     # summarised at once, finished on the host (Python numbers)
     assert isinstance(stats.summarize(torch.ones(stats.DEFER_MAX + 1), 30, scratch).norm, float)
     assert isinstance(stats.summarize(torch.ones(1000), 30, scratch, sample=100).norm, float)
@@ -65,7 +65,7 @@ def test_large_sampled_and_accelerator_tensors_are_not_deferred(monkeypatch):
     assert isinstance(stats.summarize(torch.ones(10), 30, scratch).norm, torch.Tensor)
     monkeypatch.undo()
     assert isinstance(stats.summarize(torch.ones(10), 30, scratch).norm, stats.Pending)
-    several_processes = stats.Scratch(defer=False)  # records reduced across processes need tensors
+    several_processes = stats.Scratch(host_records=False)  # records reduced across processes need tensors
     assert isinstance(stats.summarize(torch.ones(10000), 30, several_processes).norm, torch.Tensor)
 
 
@@ -89,8 +89,8 @@ def test_a_relu_output_summarised_from_its_input_pass_equals_its_own_summary(lay
         scratch.new_step()
         return s
 
-    own = stats.Scratch(defer=on_host)
-    derived = stats.Scratch(defer=on_host)
+    own = stats.Scratch(host_records=on_host)
+    derived = stats.Scratch(host_records=on_host)
     for _ in range(3):  # the first step learns that a ReLU follows, the next ones derive
         a, b = step(own, False), step(derived, True)
     assert derived.rectified_next and not own.rectified_next
@@ -122,9 +122,9 @@ def test_a_summary_finished_on_the_host_equals_the_tensor_one_to_the_bit(sample)
     tensors = [torch.randn(20000, generator=gen) * 1e-3, torch.randn(30, 8000, generator=gen).relu(),
                torch.full((5000,), -2.0), torch.rand(9000, generator=gen) * 1e6 - 3e5]
     for x in tensors:
-        on_host = stats.summarize(x, 30, stats.Scratch(defer=True), sample=sample, zeros=True)
+        on_host = stats.summarize(x, 30, stats.Scratch(host_records=True), sample=sample, zeros=True)
         assert isinstance(on_host.norm, float)
-        as_tensors = stats.summarize(x, 30, stats.Scratch(defer=False), sample=sample, zeros=True)
+        as_tensors = stats.summarize(x, 30, stats.Scratch(host_records=False), sample=sample, zeros=True)
         a, b = to_host([Histogram("h", 0, on_host.hist), Scalar("z", 0, on_host.zero_fraction),
                         Scalar("n", 0, on_host.norm)]), \
             to_host([Histogram("h", 0, as_tensors.hist), Scalar("z", 0, as_tensors.zero_fraction),
