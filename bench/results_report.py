@@ -71,8 +71,8 @@ def write_report(r: Dict) -> str:
         f"{_s(steps['probes_every_step'], ' s')}. Between logs the statistics probes' hooks are not registered at "
         "all (they are added when a logging step starts); what runs on every step is `Monitor.step` and two cheap "
         "per-step probes: dead units (a max over the units of each ReLU that have not fired yet: none, once all "
-        "have) and the non-finite sentinel (one sum per parameter "
-        "gradient, and the loss and those flags read to the host). Their own time, measured inside the hooks (on a "
+        "have) and the non-finite sentinel (the step's loss read; the gradients are checked at logging steps, in "
+        "one fused norm). Their own time, measured inside the hooks (on a "
         f"CPU they run synchronously), is {po['probe_seconds_between_logs']['median'] * 1e6:.0f} us a step; that and "
         "one logging step in 100 give the "
         f"default-interval figure (from whole steps instead: {_s(po['probe_overhead_default_from_whole_steps'])}). "
@@ -83,13 +83,17 @@ def write_report(r: Dict) -> str:
         "128 summarises ~62 M elements (every layer's output and output gradient, every parameter gradient); sum, "
         "min/max, sum of squares and the exact zero count are vectorised, memory-bound passes, but putting each "
         "element in its bucket is a scalar loop (`bincount`, ~3 ns an element on this CPU), about 0.2 s per step "
-        "on its own; hence the sample. Min, max, sum, sum of squares, norms and zero fractions stay exact.",
+        "on its own; hence the sample. Min, max, sum, sum of squares, norms and zero fractions stay exact. Each "
+        "tensor is read from memory once, in cache-sized pieces, and a ReLU's output is summarised from its "
+        "input's pass (probes/stats.py).",
         "",
     ]
     if goal_unmet(r, "probe_overhead_every_step"):
         lines += ["The every-step goal is **not met** as measured: the remaining cost is a handful of full passes "
-                  "over every activation and gradient of the step (sum, aminmax, dot, sign for the exact zero count), "
-                  "memory-bound on this CPU.", ""]
+                  "over every activation and gradient of the step (a sum that streams each piece in, then min, max and "
+                  "the sum of squares from cache, a sign for the exact zero count), memory-bound on this CPU: two "
+                  "threads speed the convolutions up ~1.9x but these passes much less, so the ratio is worse at "
+                  "the default thread count than at one.", ""]
     lines += speed_sections(r) + [
         f"**Memory.** Peak RSS without probes {_s(mem['peak_rss_mb']['bare'], ' MB', 1)}, with "
         f"{_s(mem['peak_rss_mb']['probes'], ' MB', 1)} ({mem['peak_method']}); the ratio includes the Python, torch "
