@@ -147,7 +147,7 @@ def _one_copy(numbers: List[Any], vectors: List[Any]) -> Tuple[List[float], List
     number_values, k = [], 0
     for t in numbers:
         if isinstance(t, Pending):
-            number_values.append(flat[starts[id(t.batch)][0] + t.row * 7 + t.field])
+            number_values.append(flat[starts[id(t.batch)][0] + t.row * t.batch.COLUMNS + t.field])
         elif isinstance(t, torch.Tensor):
             number_values.append(flat[k])
             k += 1

@@ -169,9 +169,8 @@ class Scratch:
         if last is None:
             return None
         held, version, was_asked, summary = last
-        if (flat.data_ptr() == held.data_ptr() and flat.numel() == held.numel() and flat.dtype == held.dtype
-                and flat.device == held.device and flat._version == version and was_asked[:2] == asked[:2]
-                and (summary.zero_fraction is not None or not asked[2])):
+        if _same_elements(flat, held, version) and was_asked[:2] == asked[:2] \
+                and (summary.zero_fraction is not None or not asked[2]):
             return summary
         return None
 
@@ -378,11 +377,7 @@ def _histogram_on_host(values: torch.Tensor, lo: float, hi: float, num: float, t
                        bins: int, scratch: "Scratch", scale: Optional[float]) -> Hist:
     """:func:`_histogram` with its range as Python float32 values: the same edges and counts."""
     width = _f32(max(_f32(hi - lo), _TINY_WIDTH) / bins)
-    index = torch.sub(values, lo, out=scratch.take("q", values.numel(), values.dtype, values.device))
-    index.div_(width).clamp_(0, bins - 1)
-    counts = _bincount(index, bins, scratch)
-    if scale is not None:
-        counts = counts * scale
+    counts = _bucket_counts(values, lo, width, bins, scratch, scale)
     limits = [_f32(lo + width * k) for k in range(1, bins + 1)]  # addcmul's lo + width * k, rounded once
     return Hist(lo, hi, num, total, sum_squares, limits, counts.tolist())  # type: ignore[arg-type]
 
@@ -391,14 +386,20 @@ def _histogram(values: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, num: to
                sum_squares: torch.Tensor, bins: int, scratch: "Scratch", scale: Optional[float]) -> Hist:
     """``bins`` equal buckets from ``lo`` to ``hi`` of ``values`` (scaled by ``scale``: a sample)."""
     width = torch.clamp(hi - lo, min=1e-12) / bins
+    counts = _bucket_counts(values, lo, width, bins, scratch, scale)
+    limits = torch.addcmul(lo, width, scratch.steps(bins, values.device, values.dtype))  # lo + width * (1..bins)
+    return Hist(lo, hi, num, total, sum_squares, limits, counts)
+
+
+def _bucket_counts(values: torch.Tensor, lo: Any, width: Any, bins: int, scratch: "Scratch",
+                   scale: Optional[float]) -> torch.Tensor:
+    """Counts of ``values`` in ``bins`` buckets of ``width`` from ``lo`` (tensors or Python
+    float32 values: the same float32 arithmetic), scaled by ``scale`` (a sample's)."""
     # bucket = floor((v - lo) / width), clamped to the last bucket for v == hi
     index = torch.sub(values, lo, out=scratch.take("q", values.numel(), values.dtype, values.device))
     index.div_(width).clamp_(0, bins - 1)
     counts = _bincount(index, bins, scratch)
-    if scale is not None:
-        counts = counts * scale
-    limits = torch.addcmul(lo, width, scratch.steps(bins, values.device, values.dtype))  # lo + width * (1..bins)
-    return Hist(lo, hi, num, total, sum_squares, limits, counts)
+    return counts * scale if scale is not None else counts
 
 
 def _same_elements(flat: torch.Tensor, held: torch.Tensor, version: int) -> bool:
@@ -445,6 +446,7 @@ class Deferred:
 
     #: columns of :attr:`numbers`, in the order of :class:`Hist`'s first five fields
     MIN, MAX, NUM, SUM, SUM_SQUARES, ZERO_FRACTION, NORM = range(7)
+    COLUMNS = 7
     LIMITS, COUNTS = -1, -2
 
     def __init__(self, bins: int, scratch: "Scratch") -> None:
@@ -458,7 +460,7 @@ class Deferred:
     def add(self, x: torch.Tensor, zeros: bool) -> Summary:
         row = len(self._flats)
         self._flats.append(x.clone())
-        p = [Pending(self, row, f) for f in range(7)]
+        p = [Pending(self, row, f) for f in range(self.COLUMNS)]
         hist = Hist(p[self.MIN], p[self.MAX], p[self.NUM], p[self.SUM], p[self.SUM_SQUARES],
                     Pending(self, row, self.LIMITS), Pending(self, row, self.COUNTS))
         return Summary(hist, p[self.ZERO_FRACTION] if zeros else None, p[self.NORM])  # type: ignore[arg-type]

@@ -35,6 +35,18 @@ def dynamo_counts(cnt):
             "breaks": sum(counters["graph_break"].values()), "recompiles": counters["recompiles"].copy()}
 
 
+
+def train_steps(net, opt, monitor):
+    """The loop of these tests, a step at a time: the loss handed to the monitor, steps counted
+    by its optimizer hook."""
+    for x, y in data():
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(net(x), y)
+        loss.backward()
+        monitor.log_loss(loss)
+        opt.step()
+        yield
+
 def train(order, every=EVERY, probe_choice="all", per_step=None):
     """12 steps of the mlp with ``probes.watch`` in ``order``; Dynamo's counters after each step."""
     torch._dynamo.reset()
@@ -56,12 +68,7 @@ def train(order, every=EVERY, probe_choice="all", per_step=None):
     seen = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        for x, y in data():
-            opt.zero_grad()
-            loss = nn.functional.cross_entropy(net(x), y)
-            loss.backward()
-            monitor.log_loss(loss)
-            opt.step()
+        for _ in train_steps(net, opt, monitor):
             seen.append(dynamo_counts(cnt))
             if per_step:
                 per_step(monitor)
@@ -112,12 +119,8 @@ def test_with_torch_compiler_reset_after_attaching_compile_then_attach_measures_
         warnings.simplefilter("error")  # no warning at all
         with probes.watch(net, probes=["dead_units", "nonfinite"], every=EVERY, optimizer=opt) as monitor:
             torch.compiler.reset()
-            for x, y in data():
-                opt.zero_grad()
-                loss = nn.functional.cross_entropy(net(x), y)
-                loss.backward()
-                monitor.log_loss(loss)
-                opt.step()
+            for _ in train_steps(net, opt, monitor):
+                pass
     assert monitor["dead_units"].examples["1"] == STEPS * BATCH
 
 
