@@ -7,6 +7,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .keras_layers import KerasDropout
+
 KERAS_RANDOM_UNIFORM = 0.05  # keras.initializers.RandomUniform(minval=-0.05, maxval=0.05)
 
 
@@ -16,10 +18,10 @@ class DenseMLP(nn.Module):
         self.flatten = nn.Flatten()  # (B, 1, 28, 28) -> (B, 784), row-major as Keras' reshape
         self.fc1 = nn.Linear(784, 512)
         self.relu1 = nn.ReLU()
-        self.drop1 = nn.Dropout(0.2)
+        self.drop1 = KerasDropout(0.2)
         self.fc2 = nn.Linear(512, 512)
         self.relu2 = nn.ReLU()
-        self.drop2 = nn.Dropout(0.2)
+        self.drop2 = KerasDropout(0.2)
         self.fc3 = nn.Linear(512, 10)
         for layer in (self.fc1, self.fc2, self.fc3):
             nn.init.uniform_(layer.weight, -KERAS_RANDOM_UNIFORM, KERAS_RANDOM_UNIFORM)

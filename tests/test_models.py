@@ -125,3 +125,55 @@ def test_cnn_runs_channels_last_and_computes_the_nchw_function():
         assert torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-5), name
     nchw.load_state_dict(cl.state_dict())  # and back: the layout stays each model's own
     assert nchw.conv2.weight.is_contiguous()
+
+
+def test_keras_dropout_keeps_where_a_uniform_draw_is_at_least_the_rate():
+    """Keras' rule (tf.nn.dropout: keep where uniform [0, 1) >= rate, scale by 1/(1-rate)), drawn
+    from torch's global RNG in the input's memory order; eval, p=0 and p=1 as nn.Dropout."""
+    from models.keras_layers import KerasDropout
+
+    x = torch.randn(16, 8, 5, 5).contiguous(memory_format=torch.channels_last).requires_grad_()
+    drop = KerasDropout(0.3)
+    torch.manual_seed(7)
+    out = drop(x)
+    torch.manual_seed(7)
+    keep = torch.rand_like(x) >= 0.3
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(out, torch.where(keep, x * (1 / 0.7), torch.zeros(())))
+    assert 0.6 < keep.float().mean().item() < 0.8
+    out.sum().backward()
+    assert torch.equal(x.grad, keep * (1 / 0.7))
+    assert isinstance(drop, torch.nn.Dropout)
+    drop.eval()
+    assert drop(x) is x
+    assert KerasDropout(0.0)(x) is x
+    dropped = KerasDropout(1.0)(x)
+    assert torch.equal(dropped, torch.zeros_like(x)) and dropped.requires_grad
+    y = x.detach().clone()
+    torch.manual_seed(7)
+    assert KerasDropout(0.3, inplace=True)(y) is y and torch.equal(y, out.detach())
+
+
+def test_cnn_hands_the_max_pool_a_channels_last_gradient():
+    """The flatten gives its gradient back in its input's layout (the max-pool's backward then takes
+    its channels_last kernel, no copies): the same output and gradients as nn.Flatten."""
+    torch.manual_seed(0)
+    model = models.build("cnn")
+    torch.manual_seed(0)
+    plain = models.build("cnn")
+    plain.flatten = torch.nn.Flatten()
+    x = torch.rand(8, 1, 28, 28)
+    layouts = []
+
+    def watch_gradient(module, inputs, out):
+        out.register_hook(lambda g: layouts.append(g.is_contiguous(memory_format=torch.channels_last)))
+
+    model.pool.register_forward_hook(watch_gradient)
+    for net in (model, plain):
+        torch.manual_seed(1)  # the same dropout draws
+        net(x).square().sum().backward()
+    assert layouts == [True]
+    for (name, a), b in zip(model.named_parameters(), plain.parameters()):
+        assert torch.equal(a.grad, b.grad), name
+    nchw = models.build("cnn", channels_last=False)
+    assert type(nchw.flatten)(1, -1)(torch.ones(2, 3, 4, 4, requires_grad=True)).shape == (2, 48)
