@@ -144,7 +144,7 @@ def resume_args(run_dir: str, model: Optional[str]) -> argparse.Namespace:
 
 
 # With --resume the run's own args.json decides everything else: these may still be given.
-RESUME_MAY_GIVE = {"resume", "model", "data_dir", "device", "keep_going", "threads"}
+RESUME_MAY_GIVE = {"resume", "model", "data_dir", "device", "keep_going", "threads", "malloc"}
 
 
 def given_options(p: argparse.ArgumentParser, argv: Optional[List[str]]) -> List[str]:

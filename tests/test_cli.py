@@ -71,6 +71,31 @@ def test_logits_loss_gives_no_zero_gradient_pairs(confident_cnn_runs):
     assert not [f for f in summary["findings"] if f["id"] == "loss-clipping-zero-grad"]
 
 
+def test_malloc_flag_parses_and_is_applied(tmp_path, monkeypatch):
+    import train
+    from experiments import allocator
+
+    assert train.parse_args(["--model", "cnn"]).malloc == "reuse"
+    assert train.parse_args(["--model", "cnn", "--malloc", "system"]).malloc == "system"
+    with pytest.raises(SystemExit) as exited:
+        train.parse_args(["--model", "cnn", "--malloc", "jemalloc"])
+    assert exited.value.code == 2
+
+    class Reached(Exception):
+        pass
+
+    asked = []
+
+    def use(choice):
+        asked.append(choice)
+        raise Reached  # the run itself is not needed: only that it applies the flag
+
+    monkeypatch.setattr(allocator, "use", use)
+    with pytest.raises(Reached):
+        train.main(["--model", "dense-mlp", "--dry-run", "--malloc", "system", "--run-dir", str(tmp_path / "run")])
+    assert asked == ["system"]
+
+
 def test_threads_flag_parses_and_is_applied(tmp_path, monkeypatch):
     import train
 
