@@ -34,6 +34,8 @@ def write_report(r: Dict) -> str:
         f"Python {m['python']}, torch {r['torch']}" + (f"; GPU {m['gpu']}" if "gpu" in m else "; no GPU (CPU only)") + ".",
         f"- Threads: torch default {r['threads_default']}; the run used **{cfg['threads_chosen']}**"
         + (" (the faster in the thread comparison below)." if "threads" in cfg else "."),
+        f"- Memory: {r.get('malloc', 'not recorded (an older run)')}, for every benchmark alike (`--malloc`, as "
+        "train.py's; experiments/allocator.py).",
         f"- **The machine is shared**: a virtual machine on a host other jobs use, its {m['cpu_count']} cores "
         f"sometimes busy with other test suites (1-minute load average {r['load_average_start_end'][0]} at the "
         f"start, {r['load_average_start_end'][1]} at the end, the benchmark's own {cfg['threads_chosen']} "

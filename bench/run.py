@@ -8,7 +8,9 @@ Writes ``results.json`` and ``RESULTS.md`` next to this file (``--out`` elsewher
 prints a table. Every figure is a median over repeats with its spread (min-max). The
 things compared run interleaved (A B A B ..., order rotated each round) and each ratio is
 taken within one repeat, so that load from other processes, which comes and goes, falls
-on both sides. Runs on the CPU, and also on CUDA when a GPU is present.
+on both sides. Runs on the CPU, and also on CUDA when a GPU is present. The process keeps
+freed memory for reuse, as train.py's does (``--malloc``, experiments/allocator.py): every
+figure, bare steps included, is measured under the same setting.
 
 The benchmarks themselves are in bench/benchmarks/, one module each; this file is the CLI.
 """
@@ -42,6 +44,7 @@ from bench.results_report import write_report  # noqa: E402
 from bench.sizes import SIZES, Sizes  # noqa: E402
 from bench.timing import thread_counts  # noqa: E402
 from bench.workload import fixed_batches, fresh_cnn, train_step  # noqa: E402
+from experiments import allocator  # noqa: E402
 from experiments.mnist import load_mnist  # noqa: E402
 
 
@@ -77,7 +80,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     mode.add_argument("--smoke", action="store_true", help="tiny sizes, seconds: checks that the benchmark runs")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent),
                    help="folder for results.json and RESULTS.md (default: bench/)")
+    p.add_argument("--malloc", choices=allocator.CHOICES, default="reuse",
+                   help="as train.py's flag (experiments/allocator.py): the run measures train.py's process as it "
+                        "runs by default (default: reuse)")
     args = p.parse_args(argv)
+    malloc = allocator.use(args.malloc)  # process-wide: before anything is allocated, for every benchmark alike
 
     mode_name = "smoke" if args.smoke else "quick" if args.quick else "full"
     sizes = SIZES[mode_name]
@@ -94,6 +101,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             log(f"== {device} ==")
             details[device.type] = measure(data, device, sizes, tmp, threads_default, log)
     results = assemble(details, mode_name, sizes, started, load_start, threads_default)
+    results["malloc"] = malloc.message
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")

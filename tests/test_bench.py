@@ -32,7 +32,7 @@ def test_smoke_run_writes_results_with_the_fixed_keys(tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     assert FIXED_KEYS <= set(results)
     assert all(isinstance(results[k], float) and results[k] > 0 for k in FIXED_KEYS)
-    assert {"machine", "torch", "date"} <= set(results)
+    assert {"machine", "torch", "date", "malloc"} <= set(results)
     for key in FIXED_KEYS:  # each figure comes with its spread
         assert results["spread"][key]["min"] <= results[key] <= results["spread"][key]["max"]
     assert results["details"]["cpu"]["pair_scan"]["norms_method"] == "closed-form"
