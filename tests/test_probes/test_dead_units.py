@@ -103,3 +103,33 @@ def test_a_layer_whose_units_all_fired_loses_its_hook_until_the_next_logging_ste
     assert layers["3"]["dead_units"] == torch.nonzero(~by_hand).flatten().tolist()
     assert layers["1"]["examples"] == layers["3"]["examples"] == 9 * 64
     assert probe.logged_steps == [0, 4, 8] and probe.last_fired["3"][5] == -1 and probe.last_fired["1"].min() == 8
+
+
+def test_the_first_example_is_read_first_and_the_rest_only_if_a_unit_is_left():
+    """On a CPU a pass that reads a whole output (the first of an interval) looks at the first
+    example first: a healthy layer costs 1/B of the read, and a unit that fires only in a later
+    example still counts."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Reads(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.shapes = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten.amax.default:
+                self.shapes.append(tuple(args[0].shape))
+            return func(*args, **(kwargs or {}))
+
+    conv = nn.Conv2d(1, 3, 1)
+    with torch.no_grad():
+        conv.weight.fill_(1.0)
+        conv.bias.copy_(torch.tensor([0.0, 0.0, -5.0]))  # channel 2 fires only where a pixel is > 5
+    model = nn.Sequential(conv, nn.ReLU())
+    healthy, late = torch.rand(4, 1, 5, 5) + 6.0, torch.rand(4, 1, 5, 5)
+    late[3, 0, 2, 2] = 9.0  # channel 2 fires only in the last example
+    for x, dead, shapes in ((healthy, [], [(1, 3, 5, 5)]), (late, [], [(1, 3, 5, 5), (4, 3, 5, 5)])):
+        with DeadUnits().attach(model) as probe, Reads() as reads:
+            model(x.requires_grad_())
+        assert probe.summary()["layers"]["1"]["dead_units"] == dead
+        assert reads.shapes == shapes
