@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from . import stats, tags
-from .activations import HIST_SAMPLE
+from .activations import HIST_SAMPLE, REARRANGING
 from .base import Probe, first_tensor, leaf_modules
 from .distributed import gradients_averaged_later, world_size
 
@@ -60,6 +60,11 @@ class GradientStats(Probe):
         # one made at an address winning (the model's output is alive when the model returns)
         self._outputs: Dict[Tuple[int, int], str] = {}
         self._model_output: Optional[str] = None  # the call name of the leaf the model returned
+        # a layer whose output a reshaping layer (nn.Flatten) took -> that layer's call name: its
+        # gradient holds the reshaping layer's output gradient's values (a copy where the backward
+        # changes the layout), summarised just before it in the backward pass
+        self._reshaped_by: Dict[str, str] = {}
+        self._last_reshaping: Optional[Tuple[str, torch.Tensor]] = None  # (call, its output gradient)
 
     def _on_arm(self, model: nn.Module) -> None:
         for name, param in model.named_parameters():
@@ -75,6 +80,8 @@ class GradientStats(Probe):
         if logging:
             self._outputs.clear()
             self._model_output = None
+            self._reshaped_by.clear()
+            self._last_reshaping = None
 
     def _on_param_grad(self, name: str, param: torch.Tensor) -> None:
         # Accumulation over several backward passes fires this hook each time, and DDP
@@ -88,8 +95,10 @@ class GradientStats(Probe):
             if param.grad is not None:
                 self._measure(tags.GRAD, name, param.grad, "same" if gradients_averaged_later() else None)
 
-    def _measure(self, kind: str, name: str, grad: torch.Tensor, reduce: Optional[str], zeros: bool = True) -> None:
-        summary = stats.summarize(grad.detach(), self.bins, self.scratch, self.hist_sample, zeros=zeros)
+    def _measure(self, kind: str, name: str, grad: torch.Tensor, reduce: Optional[str], zeros: bool = True,
+                 same_values_as: Optional[torch.Tensor] = None) -> None:
+        summary = stats.summarize(grad.detach(), self.bins, self.scratch, self.hist_sample, zeros=zeros,
+                                  same_values_as=same_values_as)
         self._histogram(kind, name, summary.hist, reduce or "histogram")
         if zeros:
             self._scalar(f"{kind}_zero_fraction", name, summary.zero_fraction, reduce or "mean")
@@ -99,6 +108,12 @@ class GradientStats(Probe):
         out = first_tensor(output)
         if out is not None and out.requires_grad:
             call = self._call_name(name)
+            if isinstance(module, REARRANGING):
+                source = first_tensor(inputs)
+                producer = self._outputs.get((source.data_ptr(), source.numel())) \
+                    if source is not None and source.numel() else None
+                if producer is not None:
+                    self._reshaped_by[producer] = call
             if out.numel():
                 self._outputs[(out.data_ptr(), out.numel())] = call
             out.register_hook(partial(self._on_output_grad, call))
@@ -112,4 +127,9 @@ class GradientStats(Probe):
         if self.measuring:
             n = world_size()
             zeros = self.layer_zero_fractions == "all" or name == self._model_output
-            self._measure(tags.OUTPUT_GRAD, name, grad / n if n > 1 else grad, None, zeros)
+            grad = grad / n if n > 1 else grad
+            last, self._last_reshaping = self._last_reshaping, None
+            same = last[1] if last is not None and self._reshaped_by.get(name) == last[0] else None
+            self._measure(tags.OUTPUT_GRAD, name, grad, None, zeros, same_values_as=same)
+            if name in self._reshaped_by.values():  # a reshaping layer: its producer's gradient comes next
+                self._last_reshaping = (name, grad)

@@ -216,3 +216,29 @@ def test_output_gradient_zero_fraction_at_the_model_output_only_unless_asked():
     assert len([t for t in sink.scalars if t.startswith("output_grad_zero_fraction/")]) == 12
     with pytest.raises(ValueError, match="layer_zero_fractions"):
         GradientStats(layer_zero_fractions="inner")
+
+
+def test_the_layer_before_a_flatten_gets_the_flattens_output_gradient_summary_without_a_pass(monkeypatch):
+    """The cnn's flatten hands its gradient back channels_last, a copy: the same values as the
+    flatten's output gradient, summarised just before, so the layer feeding it (drop1) gets that
+    summary, not a pass of its own; the numbers are those of a direct computation."""
+    import models
+    from probes import stats
+
+    sizes = []
+    moments = stats._moments_in_pieces
+    monkeypatch.setattr(stats, "_moments_in_pieces", lambda x, *a, **k: sizes.append(x.numel()) or moments(x, *a, **k))
+    model = models.build("cnn")
+    grads = {}
+    for name in ("flatten", "drop1"):
+        getattr(model, name).register_forward_hook(
+            lambda m, i, o, name=name: o.register_hook(lambda g: grads.__setitem__(name, g.clone())) and None)
+    sink, _, _ = one_logged_step(model, GradientStats(), torch.rand(8, 1, 28, 28))
+    assert grads["drop1"].is_contiguous(memory_format=torch.channels_last)  # a copy, not a view
+    assert torch.equal(grads["drop1"], grads["flatten"].reshape(8, 64, 12, 12))  # the same values
+    norms = {t.split("/")[1]: v[0][1] for t, v in sink.scalars.items() if t.startswith("output_grad_norm/")}
+    assert norms["drop1"] == norms["flatten"] == pytest.approx(grads["drop1"].norm().item(), rel=1e-6)
+    assert sizes.count(8 * 64 * 12 * 12) == 2  # the flatten's and the pool's: none for drop1
+    drop1, flatten = sink.histograms["output_grad/drop1"][0][1], sink.histograms["output_grad/flatten"][0][1]
+    assert (drop1.min, drop1.max, drop1.num, drop1.sum) == (flatten.min, flatten.max, flatten.num, flatten.sum)
+    assert drop1.max == grads["drop1"].max().item() and drop1.min == grads["drop1"].min().item()
