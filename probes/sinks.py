@@ -124,6 +124,8 @@ class TensorBoardSink:
         ``flush_secs``: how long written events may wait in memory before they reach the file
         (a writer of its own buffers them, see :mod:`probes.event_files`)."""
         self._owns_writer = writer is None
+        if writer is None:  # before TensorBoard's first import: with TensorFlow installed it would load it
+            event_files.keep_tensorflow_out(log_dir)
         event_files.install_fast_checksum()  # TensorBoard's CRC-32C in pure Python: ~3 ms a small model's log
         if writer is None:
             if log_dir is None:

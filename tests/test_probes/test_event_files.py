@@ -110,3 +110,43 @@ def test_buffer_appends_leaves_writers_it_does_not_know_alone(internals):
         writer.file_writer.event_writer._async_writer._writer = type("R", (), {})()
         writer.file_writer.event_writer._async_writer._writer._writer = ListFile()
     assert not event_files.buffer_appends(writer)
+
+
+FAKE_TENSORFLOW = "import sys\nsys.stderr.write('tensorflow imported\\n')\n"
+
+SINK_IN_A_FRESH_PROCESS = """
+import sys
+from probes.records import HostScalar
+from probes.sinks import TensorBoardSink
+sink = TensorBoardSink(sys.argv[1])
+sink.write([HostScalar("loss/train", 3, 0.5)])
+sink.close()
+print("tensorflow" in sys.modules)
+"""
+
+
+def test_the_sink_keeps_an_installed_tensorflow_out_of_the_process(tmp_path):
+    """With TensorFlow importable, ``torch.utils.tensorboard`` would import it (+500 MB here):
+    the sink makes TensorBoard take its own stand-in. A fake ``tensorflow`` package on the path
+    says if it was imported; the events are written and read back all the same."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    fake = tmp_path / "site"
+    (fake / "tensorflow").mkdir(parents=True)
+    (fake / "tensorflow" / "__init__.py").write_text(FAKE_TENSORFLOW)
+    repo = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(fake), str(repo)]))
+    check = subprocess.run([sys.executable, "-c", "import tensorflow"], env=env, capture_output=True, text=True)
+    assert "tensorflow imported" in check.stderr  # the fake is what an import finds
+    logs = tmp_path / "logs"
+    run = subprocess.run([sys.executable, "-c", SINK_IN_A_FRESH_PROCESS, str(logs)], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "False" and "tensorflow imported" not in run.stderr
+    acc = EventAccumulator(str(logs))
+    acc.Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("loss/train")] == [(3, 0.5)]
+    assert not event_files.keep_tensorflow_out("gs://bucket/run")  # only TensorFlow reads gs://
