@@ -48,7 +48,9 @@ class KerasCNN(nn.Module):
     torch net's step, interleaved; bench/: ``port_vs_plain_torch``); on an H200 the layout made
     no difference beyond noise. The function is the same up to float rounding. Only the memory
     layout changes: shapes, the NCHW flatten order and ``state_dict`` are those of the
-    contiguous model, and ``model.to(memory_format=torch.contiguous_format)`` turns it back."""
+    contiguous model, and ``model.to(memory_format=torch.contiguous_format)`` turns it back.
+    Its flatten hands the max-pool a channels_last gradient (:class:`LayoutKeepingFlatten`), and
+    its dropout layers draw their masks by Keras' rule (:class:`~models.keras_layers.KerasDropout`)."""
 
     def __init__(self, channels_last: bool = True) -> None:
         super().__init__()
