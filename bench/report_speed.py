@@ -72,7 +72,11 @@ def speed_sections(r: Dict) -> List[str]:
                   f"{_verdict(r, 'port_vs_plain_torch')}. " + _by_threads(port, port_fmt) + ". The port keeps Keras' "
                   "semantics: the biased moving variance (from the statistics torch's BatchNorm kernel computes, "
                   "models/keras_layers.py), Keras' epsilon and momentum, and the clipped probability loss; it runs "
-                  "channels_last and steps Adadelta with foreach, which the plain net does not.", ""]
+                  "channels_last, steps Adadelta with foreach, draws its dropout masks by Keras' rule (uniform >= "
+                  "rate, with `rand_like`: torch's CPU `bernoulli_` is one-threaded and 3x slower) and hands the "
+                  "max-pool a channels_last gradient from its flatten (else the pool's backward takes its NCHW kernel "
+                  "and makes three copies), none of which the plain net does. Both run in the same process, with "
+                  "its malloc setting.", ""]
         if _unmet(r, "port_vs_plain_torch"):
             lines += ["Not met as measured: the step times above say by how much; the port's extra work over the plain "
                       "net is the Keras 2 loss on probabilities (a softmax, renormalisation, clip and log over a "

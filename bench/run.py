@@ -55,7 +55,7 @@ def measure(data, device: torch.device, sizes: Sizes, tmp: str, threads_default:
     xs = fixed_batches(data["train"], sizes.batch, device)  # one seeded shuffle; each takes a prefix
     counts = thread_counts(threads_default) if device.type == "cpu" else [torch.get_num_threads()]
     d: Dict = {"configurations": configurations(xs[:4], device, sizes, log),  # sets the thread count
-               "probe_overhead": probe_overhead(xs, device, sizes, tmp, log)}
+               "probe_overhead": probe_overhead(xs, device, sizes, tmp, log, counts)}
     small = fixed_batches(data["train"], SMALL_BATCH, device)
     d["small_model"] = probe_overhead_small(small, device, sizes, tmp, counts, log)
     d["port_speed"] = port_vs_plain(xs[:4], device, sizes, counts, log)

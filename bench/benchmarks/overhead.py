@@ -10,13 +10,15 @@ from typing import Dict, List
 import torch
 
 from ..sizes import Sizes
-from ..timing import HookClock, interleaved, spread
+from ..timing import HookClock, at_thread_counts, interleaved, spread
 from ..workload import DEFAULT_EVERY, fresh_cnn, probed, train_step
 
 
-def probe_overhead(xs, device: torch.device, sizes: Sizes, tmp: str, log) -> Dict:
+def probe_overhead(xs, device: torch.device, sizes: Sizes, tmp: str, log, counts: List[int]) -> Dict:
     """Each configuration trains its own cnn on batches ``xs``, in interleaved rounds; the
-    ratios are taken within each repeat, from its medians."""
+    ratios are taken within each repeat, from its medians. Logging on every step is measured
+    again at each thread count of ``counts`` (:func:`every_step_at_thread_counts`): that is
+    the headline, the worse of them."""
     batches = itertools.cycle(xs)
     clock = HookClock()  # the per-step hooks' own time in the between-logs steps
     runs = {"bare": fresh_cnn(device), "probes_between_logs": fresh_cnn(device),
@@ -77,9 +79,12 @@ def probe_overhead(xs, device: torch.device, sizes: Sizes, tmp: str, log) -> Dic
     for monitor in monitors.values():
         if monitor is not None:
             monitor.__exit__()
+    every = every_step_at_thread_counts(xs, device, sizes, tmp, log, counts)
     out = {
         "probe_overhead_default": spread(per_repeat["default"]),
-        "probe_overhead_every_step": spread(per_repeat["every"]),
+        "probe_overhead_every_step": every["probe_overhead_every_step"],
+        "every_step_by_threads": every,
+        "every_step_in_the_four_way_run": spread(per_repeat["every"]),
         "between_logs_ratio": spread(per_repeat["between"]),
         "probe_seconds_between_logs": spread(monitor_medians, 6),
         "probe_overhead_default_from_whole_steps": spread(per_repeat["default_direct"]),
@@ -92,6 +97,40 @@ def probe_overhead(xs, device: torch.device, sizes: Sizes, tmp: str, log) -> Dic
                    f"from the medians of each repeat"),
     }
     log(f"probe overhead: default {out['probe_overhead_default']['median']}x, every step "
-        f"{out['probe_overhead_every_step']['median']}x (exact histograms {out['every_step_exact_hist_ratio']['median']}x), "
-        f"between logs {out['between_logs_ratio']['median']}x")
+        f"{out['every_step_in_the_four_way_run']['median']}x (exact histograms "
+        f"{out['every_step_exact_hist_ratio']['median']}x), between logs {out['between_logs_ratio']['median']}x")
+    return out
+
+
+def every_step_at_thread_counts(xs, device: torch.device, sizes: Sizes, tmp: str, log, counts: List[int]) -> Dict:
+    """Bare cnn steps against steps that all log (train.py's probes, TensorBoard sink),
+    interleaved, at each thread count: the goal holds at one thread and at the default alike."""
+
+    def measure(n: int) -> Dict:
+        batches = itertools.cycle(xs)
+        bare, probed_run = fresh_cnn(device), fresh_cnn(device)
+        monitor = probed(probed_run[0], f"{tmp}/every-{n}", 1)
+        fns = {"bare": lambda: train_step(*bare, *next(batches)),
+               "every_step": lambda: train_step(*probed_run, *next(batches), monitor=monitor)}
+        try:
+            for _ in range(2):  # warm-up: allocator, oneDNN primitives, the scratch buffers
+                for fn in fns.values():
+                    fn()
+            ratios, steps = [], {name: [] for name in fns}
+            for _ in range(sizes.repeats):
+                times = interleaved(fns, sizes.overhead_rounds, device)
+                m = {name: median(v) for name, v in times.items()}
+                ratios.append(m["every_step"] / m["bare"])
+                for name in fns:
+                    steps[name].append(m[name])
+        finally:
+            monitor.__exit__()
+        out = {"probe_overhead_every_step": spread(ratios), "step_seconds": {k: spread(v) for k, v in steps.items()}}
+        log(f"every step logging at {n} thread(s): {out['probe_overhead_every_step']['median']}x the bare step "
+            f"(bare {out['step_seconds']['bare']['median']} s)")
+        return out
+
+    out = at_thread_counts(measure, counts, "probe_overhead_every_step", higher_is_better=False)
+    out["method"] = (f"{sizes.repeats} repeats x {sizes.overhead_rounds} interleaved steps, bare vs train.py's "
+                     "probes logging every step, at each thread count; the headline is the worse count")
     return out
