@@ -63,7 +63,9 @@ class KerasDropout(nn.Dropout):
             return x
         if self.p == 1.0:  # as torch's: every element dropped (x * 0, so NaN and inf stay NaN)
             return x.mul_(0.0) if self.inplace else x * 0.0
-        scale = torch.rand_like(x).ge_(self.p).mul_(1.0 / (1.0 - self.p))  # 0 or 1/(1-p); x's layout
+        # float32 draws for half-precision inputs: a bfloat16 uniform has 8 bits, which would bend p
+        draws = torch.rand_like(x, dtype=torch.float32) if x.element_size() < 4 else torch.rand_like(x)
+        scale = draws.ge_(self.p).mul_(1.0 / (1.0 - self.p)).to(x.dtype)  # 0 or 1/(1-p), in x's layout
         return x.mul_(scale) if self.inplace else x * scale
 
 

@@ -152,6 +152,11 @@ def test_keras_dropout_keeps_where_a_uniform_draw_is_at_least_the_rate():
     y = x.detach().clone()
     torch.manual_seed(7)
     assert KerasDropout(0.3, inplace=True)(y) is y and torch.equal(y, out.detach())
+    half = torch.ones(200_000, dtype=torch.bfloat16)
+    torch.manual_seed(7)
+    kept = KerasDropout(0.2)(half)
+    torch.manual_seed(7)
+    assert kept.dtype == torch.bfloat16 and torch.equal(kept != 0, torch.rand(200_000) >= 0.2)  # float32 draws
 
 
 def test_cnn_hands_the_max_pool_a_channels_last_gradient():
