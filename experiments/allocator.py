@@ -1,16 +1,17 @@
 """Keep freed memory for the next step: glibc's malloc settings for a training process.
 
-A cnn training step on a CPU allocates and frees some 300 MB of activations and gradients,
-tensors of 2 to 22 MB each. glibc's malloc gives an allocation that large its own ``mmap`` and
-hands freed memory back to the kernel, so every step writes to fresh pages: ~27,000 page
-faults a step here, each paid inside the op that first writes its output (a ReLU, a BatchNorm
-backward), and with two threads the faults of both threads wait on each other.
+A cnn training step on a CPU allocates and frees 160-220 MB of activations and gradients (its
+first step faults 40,000-55,000 pages), tensors of 2 to 22 MB each. glibc's malloc gives an
+allocation that large its own ``mmap`` and hands freed memory back to the kernel, so every
+step writes to fresh pages: 10,000-37,000 page faults a step here, each paid inside the op
+that first writes its output (a ReLU, a BatchNorm backward), and with two threads the faults
+of both threads wait on each other.
 
 :func:`keep_freed_memory` raises glibc's mmap threshold to its largest (32 MiB on 64-bit) and
 its trim threshold to 1 GiB: tensors up to 32 MiB then come from the heap, and what a step
 frees stays there for the next step. Measured on the cnn (batch 128, this 2-core machine,
 separate processes alternating, 12 steps each, three rounds): one thread 235-239 ms a step ->
-191-194 ms, two threads 118-141 ms -> 105-109 ms; page faults 5-7x fewer; peak RSS +0-4%.
+191-194 ms, two threads 118-141 ms -> 105-109 ms; page faults 5-7x fewer; peak RSS +1-7%.
 PyTorch's CPU performance guide recommends jemalloc or tcmalloc for the same reason; this
 needs nothing installed. It changes no number the model computes.
 

@@ -147,8 +147,10 @@ class DeadUnits(Probe):
                 if not bool(picked.any()):  # the usual step: none of them fired, nothing changes (CPU: free)
                     return
                 interval.index_put_((left,), picked.amax(dim=others) > 0)
-            else:
+            elif left is None:  # the interval's first pass: the first example first (CPU)
                 interval |= _fired(out, others)
+            else:  # units known to be silent so far: the first example alone would not settle it
+                interval |= out.amax(dim=others) > 0
             seen |= interval
         if host_reads_are_free(interval.device):
             left = torch.nonzero(~interval).flatten()  # free on a CPU

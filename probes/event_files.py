@@ -56,7 +56,7 @@ def keep_tensorflow_out(log_dir: Optional[str] = None) -> bool:
     if "tensorflow" in sys.modules or (log_dir is not None and "://" in str(log_dir)):
         return False
     sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
-    return "tensorflow" not in sys.modules
+    return True
 
 
 def _masked(crc: int) -> int:
