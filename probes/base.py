@@ -150,6 +150,10 @@ class Probe:
         self._hook_calls = 0
         self._compiled_call = False
         self._compiled_skip = False  # a compiled graph skipped this (not traceable) probe's hooks
+        #: whether this logging step comes close after the one before (fewer than
+        #: :data:`probes.stats.CLOSE_LOGS` steps): set by the monitor; statistics probes may then
+        #: summarise large tensors from samples (:func:`probes.stats.moments_budget`)
+        self.close_log = False
         for attr, how in self.state.items():
             if how not in STATE_REDUCTIONS:
                 raise ValueError(f"{type(self).__name__}.state[{attr!r}]: {how!r} is not one of {STATE_REDUCTIONS}")

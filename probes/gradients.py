@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from functools import partial
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -41,16 +41,21 @@ class GradientStats(Probe):
         layer_zero_fractions: ``"model output"`` (the default): the output-gradient zero
             fraction of the layer that produces the model's output only; ``"all"``: of every
             leaf layer.
+        moments_sample: as for :class:`probes.ActivationStats`, for the layer output gradients
+            (a batch's worth of values each); parameter gradients are always summarised whole.
     """
 
     name = "gradients"
     works_between_logs = False  # its hooks and end_step act on logging steps only
 
     def __init__(self, bins: int = stats.DEFAULT_BINS, layer_outputs: bool = True,
-                 hist_sample: Optional[int] = HIST_SAMPLE, layer_zero_fractions: str = "model output") -> None:
+                 hist_sample: Optional[int] = HIST_SAMPLE, layer_zero_fractions: str = "model output",
+                 moments_sample: Union[str, int, None] = "auto") -> None:
         super().__init__()
         if layer_zero_fractions not in ("model output", "all"):
             raise ValueError(f"layer_zero_fractions must be 'model output' or 'all', not {layer_zero_fractions!r}")
+        stats.check_moments_choice(moments_sample)
+        self.moments_sample = moments_sample
         self.bins = bins
         self.layer_outputs = layer_outputs
         self.hist_sample = hist_sample
@@ -96,9 +101,9 @@ class GradientStats(Probe):
                 self._measure(tags.GRAD, name, param.grad, "same" if gradients_averaged_later() else None)
 
     def _measure(self, kind: str, name: str, grad: torch.Tensor, reduce: Optional[str], zeros: bool = True,
-                 same_values_as: Optional[torch.Tensor] = None) -> None:
+                 same_values_as: Optional[torch.Tensor] = None, moments_sample: Optional[int] = None) -> None:
         summary = stats.summarize(grad.detach(), self.bins, self.scratch, self.hist_sample, zeros=zeros,
-                                  same_values_as=same_values_as)
+                                  same_values_as=same_values_as, moments_sample=moments_sample)
         self._histogram(kind, name, summary.hist, reduce or "histogram")
         if zeros:
             self._scalar(f"{kind}_zero_fraction", name, summary.zero_fraction, reduce or "mean")
@@ -130,6 +135,7 @@ class GradientStats(Probe):
             grad = grad / n if n > 1 else grad
             last, self._last_reshaping = self._last_reshaping, None
             same = last[1] if last is not None and self._reshaped_by.get(name) == last[0] else None
-            self._measure(tags.OUTPUT_GRAD, name, grad, None, zeros, same_values_as=same)
+            self._measure(tags.OUTPUT_GRAD, name, grad, None, zeros, same_values_as=same,
+                          moments_sample=stats.moments_budget(self.moments_sample, self.close_log))
             if name in self._reshaped_by.values():  # a reshaping layer: its producer's gradient comes next
                 self._last_reshaping = (name, grad)

@@ -22,7 +22,7 @@ from typing import Any, Dict, Iterable, List, Optional, Union
 import torch
 from torch import nn
 
-from . import tags
+from . import stats, tags
 from .base import Probe, ProbeError, compile_used, compiling, expect_module
 from .distributed import reduce_records
 from .records import HostScalar, Record, Scalar, to_host
@@ -173,6 +173,9 @@ class Monitor:
         if logging:
             self._check_blind(step)
             self._eager_on()
+            close = any(self.schedule(s) for s in range(max(0, step - stats.CLOSE_LOGS + 1), step))
+            for probe in self.probes:
+                probe.close_log = close
         elif self._stance is not None:  # e.g. a resumed run that starts between logs
             self._eager_off()
         if logging or self._logging_step:  # a logging step, or the one after (hooks to remove)

@@ -60,6 +60,45 @@ PIECE = 2**18
 #: tensors are summarised on their own: at 64k elements the cnn's logging step took 6 ms more.
 DEFER_MAX = 2**12
 
+#: What "summarised from a sample of its blocks" reads of a tensor, at most (see :func:`summarize`'s
+#: ``moments_sample``). The cnn logging every step (its ~57 M elements read whole: the statistics
+#: took ~60-70 ms of a 190 ms one-thread step, 1.34x; 1.45x at two threads) came to 1.18x / 1.29x
+#: with 2**20 and 1.14-1.15x / 1.23-1.26x with 2**19 (bench/run.py --quick's every-step part, the
+#: machine shared with another job).
+MOMENTS_SAMPLE = 2**19
+
+#: Elements of one block of such a sample: 16 KiB of float32, smaller than one example of most
+#: layer outputs (the cnn's convolution outputs hold 9 to 5 blocks an example), so that every
+#: example of the batch is read in part, not a few examples whole.
+SAMPLE_BLOCK = 2**12
+
+#: A logging step fewer than this many steps after the one before is "close" (see
+#: :func:`moments_budget`): the cost of exact statistics is then spread over few steps. On the
+#: cnn on a CPU a logging step's exact statistics cost ~1/3 of a step; spread over 20 steps that is
+#: ~1.7%, under the 2% that the default interval's overhead goal allows.
+CLOSE_LOGS = 20
+
+#: What ``moments_sample`` accepts besides a number of elements.
+MOMENTS_CHOICES = ("auto", "exact")
+
+
+def moments_budget(choice: Any, close: bool) -> Optional[int]:
+    """The ``moments_sample`` to summarise with now: ``"auto"`` samples (:data:`MOMENTS_SAMPLE`)
+    only on a logging step that comes close after the one before (``close``), ``"exact"`` (or None)
+    never, a number always."""
+    if choice == "auto":
+        return MOMENTS_SAMPLE if close else None
+    return None if choice in ("exact", None) else int(choice)
+
+
+def check_moments_choice(choice: Any) -> None:
+    """A clear error at construction for a ``moments_sample`` that :func:`moments_budget` cannot use."""
+    if choice in MOMENTS_CHOICES or choice is None:
+        return
+    if isinstance(choice, bool) or not isinstance(choice, int) or choice < PIECE:
+        raise ValueError(f"moments_sample must be 'auto', 'exact' (or None), or a number of elements of at least "
+                         f"{PIECE} (one block), not {choice!r}")
+
 
 class Scratch:
     """Flat buffers reused for elementwise temporaries, one per (slot, dtype, device), and
@@ -85,6 +124,7 @@ class Scratch:
         self._generators: Dict[torch.device, torch.Generator] = {}
         self._picks: Dict[tuple, torch.Tensor] = {}
         self._steps: Dict[tuple, torch.Tensor] = {}
+        self._offsets: Dict[tuple, int] = {}  # (size, stride) -> the first block read, drawn once a step
         self._piece_picks: Dict[tuple, List[Optional[torch.Tensor]]] = {}  # keyed by the picks' memory
         # the last tensor summarised (flat, detached: holding it keeps its memory from being
         # reused, never an autograd graph), its version and what was asked, and its summary
@@ -135,6 +175,17 @@ class Scratch:
             picks = (torch.arange(sample, device=device, dtype=torch.float64) + jitter).mul_(n / sample)
             picks = self._picks[key] = picks.long().clamp_(max=n - 1)
         return picks
+
+    def block_offset(self, n: int, every: int, device: torch.device) -> int:
+        """Which of every ``every`` blocks a tensor of ``n`` elements is read from (0 to
+        ``every - 1``), drawn with the sampling generator; tensors of one size share it until
+        :meth:`new_step`, as they share :meth:`picks`."""
+        key = (n, every, device)
+        found = self._offsets.get(key)
+        if found is None:
+            found = self._offsets[key] = int(torch.randint(every, (1,), generator=self.generator(device),
+                                                           device=device))
+        return found
 
     def piece_picks(self, picks: torch.Tensor, n: int, piece: int) -> List[Optional[torch.Tensor]]:
         """``picks`` (sorted) split by the pieces of ``piece`` elements that they fall in, each as
@@ -200,6 +251,7 @@ class Scratch:
         """Draw fresh sample picks from now on."""
         self.resolve()
         self._picks.clear()
+        self._offsets.clear()
         self._piece_picks.clear()
         self._last = self._rectified = None
         self._calls, self._last_call = 0, -1
@@ -208,6 +260,7 @@ class Scratch:
         self.resolve()
         self._buffers.clear()
         self._picks.clear()
+        self._offsets.clear()
         self._piece_picks.clear()
         self._last = self._rectified = None
         self._calls, self._last_call = 0, -1
@@ -215,7 +268,8 @@ class Scratch:
 
 def summarize(x: torch.Tensor, bins: int = DEFAULT_BINS, scratch: Optional[Scratch] = None,
               sample: Optional[int] = None, zeros: bool = True,
-              same_values_as: Optional[torch.Tensor] = None, rectified_of: Optional[torch.Tensor] = None) -> Summary:
+              same_values_as: Optional[torch.Tensor] = None, rectified_of: Optional[torch.Tensor] = None,
+              moments_sample: Optional[int] = None) -> Summary:
     """Histogram, exact-zero fraction and norm of ``x`` in few passes, on its device.
 
     The histogram has ``bins`` equal-width buckets over the finite values (non-finite ones
@@ -244,6 +298,17 @@ def summarize(x: torch.Tensor, bins: int = DEFAULT_BINS, scratch: Optional[Scrat
     next logging step on, also sums its positive part, piece by piece while the piece is in
     cache, and ``x``'s summary comes from there: the same numbers to the bit (the same pieces
     and sample), without reading ``x`` from memory again (sampled histograms, CPU).
+
+    ``moments_sample``: on a CPU, a tensor of more elements than this is summarised from a
+    sample of its blocks of :data:`PIECE` elements (one in every ``k``, starting from one drawn
+    with the scratch's generator, so about this many elements; the same blocks for every tensor
+    of that size in a step) instead of from all of them: the sum, the sum of squares and the
+    norm are the blocks' scaled to the whole (estimates), the zero fraction is the blocks' own,
+    the extremes are the blocks' (the tensor's may lie beyond), and the bucket counts come from
+    the histogram picks that fall in those blocks. Whole blocks keep each one in cache for the
+    other passes, and a layer output's block is a few whole examples of it. On an accelerator,
+    or while torch.compile traces, tensors are summarised whole (a pass there is cheap beside
+    the step).
     """
     x = _flat(x.detach())
     x = x if x.dtype == torch.float32 else x.float()
@@ -252,7 +317,7 @@ def summarize(x: torch.Tensor, bins: int = DEFAULT_BINS, scratch: Optional[Scrat
         zero = x.new_zeros(())
         return Summary(Hist(zero, zero, zero, zero, zero, x.new_zeros(bins), x.new_zeros(bins)),
                        zero if zeros else None, zero)
-    asked = (bins, sample, zeros)
+    asked = (bins, (sample, moments_sample), zeros)
     if scratch is not None:
         if rectified_of is not None:
             source = _flat_view(rectified_of.detach())
@@ -276,9 +341,9 @@ def summarize(x: torch.Tensor, bins: int = DEFAULT_BINS, scratch: Optional[Scrat
     # a number back is free, so non-finite values are looked for after the fact. Elsewhere
     # that read would be a sync, and while torch.compile traces a graph break, so those
     # always take the nan_to_num pass.
-    all_finite, sampled = False, None
-    picks = scratch.picks(n, sample, x.device) if sample is not None and n > sample else None
-    if scratch.host_records and picks is None and n <= DEFER_MAX and host_reads_are_free(x.device) and not _compiling():
+    all_finite, sampled, picks, source, read = False, None, None, x, n
+    some = sample is not None and n > sample  # bucket counts from a sample of the elements read
+    if scratch.host_records and not some and n <= DEFER_MAX and host_reads_are_free(x.device) and not _compiling():
         if scratch.deferred is None or scratch.deferred.bins != bins:
             scratch.resolve()
             scratch.deferred = Deferred(bins, scratch)
@@ -288,15 +353,27 @@ def summarize(x: torch.Tensor, bins: int = DEFAULT_BINS, scratch: Optional[Scrat
     call, scratch._calls = scratch._calls, scratch._calls + 1
     positive = None
     if host_reads_are_free(x.device) and not _compiling():
+        blocks = _sample_of_blocks(x, moments_sample, scratch)
+        if blocks is not None:
+            source, read = blocks, blocks.numel()
+        picks = scratch.picks(read, sample, x.device) if sample is not None and read > sample else None
         rectify = picks is not None and (call, n) in scratch.rectified_next
-        total, lo, hi, sum_squares, nonzero, sampled, positive = _moments_in_pieces(x, scratch, picks, zeros,
+        total, lo, hi, sum_squares, nonzero, sampled, positive = _moments_in_pieces(source, scratch, picks, zeros,
                                                                                      rectify=rectify)
+        if read < n:  # a sample of blocks: sums scaled to the whole, zeros counted at the blocks' rate
+            total, sum_squares, nonzero = _scaled(n, read, total, sum_squares, nonzero)
+            if positive is not None:
+                positive = _scaled(n, read, *positive)
         if scratch.host_records:  # one process: the rest in Python numbers (a handful of ops, not ~20)
-            summary = _summary_on_host(x, n, total, lo, hi, sum_squares, nonzero, sampled, positive, picks,
-                                       sample, bins, scratch, asked, call)
+            summary = _summary_on_host(x, n, total, lo, hi, sum_squares, nonzero, sampled, positive,
+                                       *_bucketed(x, n, source, read, sampled), bins, scratch, asked, call)
             if summary is not None:
                 return summary
         all_finite = bool(torch.isfinite(total))  # a NaN or Inf anywhere spoils the sum
+        if not all_finite:  # summarised whole from here on (the non-finite values are looked at)
+            source, read, picks = x, n, None
+    if picks is None and some and not all_finite:
+        picks = scratch.picks(n, sample, x.device)
     if all_finite:
         finite, norm = x, sum_squares.sqrt()
     else:  # the norm shows NaN/inf as they are; count_nonzero is fast where the device is
@@ -308,10 +385,10 @@ def summarize(x: torch.Tensor, bins: int = DEFAULT_BINS, scratch: Optional[Scrat
         nonzero = torch.count_nonzero(x) if zeros else None
     zero_fraction = ((n - nonzero.double()) / n).float() if zeros else None
 
-    values, scale = finite, None
-    if picks is not None:
-        values = sampled if all_finite else torch.index_select(finite, 0, picks)
-        scale = n / sample
+    if all_finite:
+        values, scale = _bucketed(x, n, source, read, sampled)
+    else:
+        values, scale = (finite, None) if picks is None else (torch.index_select(finite, 0, picks), n / sample)
     num = torch.full((), float(n), device=x.device)
     summary = Summary(_histogram(values, lo, hi, num, total, sum_squares, bins, scratch, scale), zero_fraction, norm)
     scratch.remember(x, asked, summary)
@@ -324,6 +401,15 @@ def summarize(x: torch.Tensor, bins: int = DEFAULT_BINS, scratch: Optional[Scrat
         scratch._rectified = (x, x._version, asked, Summary(hist_p, ((n - nonzero_p.double()) / n).float(),
                                                             squares_p.sqrt()))
     return summary
+
+
+def _bucketed(x: torch.Tensor, n: int, source: torch.Tensor, read: int,
+              sampled: Optional[torch.Tensor]) -> Tuple[torch.Tensor, Optional[float]]:
+    """What the histogram buckets, and the factor from its counts to the tensor's ``n``: the
+    sample picked, else the blocks read, else ``x`` itself (counts as they are)."""
+    if sampled is not None:
+        return sampled, n / sampled.numel()
+    return (source, n / read) if read < n else (x, None)
 
 
 def _f32(value: float) -> float:
@@ -339,7 +425,7 @@ _TINY_WIDTH = _f32(1e-12)
 
 def _summary_on_host(x: torch.Tensor, n: int, total: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
                      sum_squares: torch.Tensor, nonzero: Optional[torch.Tensor], sampled: Optional[torch.Tensor],
-                     positive: Optional[tuple], picks: Optional[torch.Tensor], sample: Optional[int], bins: int,
+                     positive: Optional[tuple], values: torch.Tensor, scale: Optional[float], bins: int,
                      scratch: Scratch, asked: tuple, call: int) -> Optional[Summary]:
     """The rest of :func:`summarize` where reading back is free (a CPU, one process): the moments
     read in one op, the bucket edges, zero fraction and norm worked out in Python float32
@@ -357,7 +443,6 @@ def _summary_on_host(x: torch.Tensor, n: int, total: torch.Tensor, lo: torch.Ten
     if nonzero is not None:
         zero_fraction = _f32((n - numbers[at]) / n)
         at += 1
-    values, scale = (sampled, n / sample) if picks is not None else (x, None)
     num = float(n)
     summary = Summary(_histogram_on_host(values, lo_f, hi_f, num, total_f, squares_f, bins, scratch, scale),
                       zero_fraction, _f32(math.sqrt(squares_f)))
@@ -530,6 +615,30 @@ def _flat_view(x: torch.Tensor) -> Optional[torch.Tensor]:
 def host_reads_are_free(device: torch.device) -> bool:
     """Whether reading a number back costs nothing (a CPU tensor) rather than a device sync."""
     return device.type == "cpu"
+
+
+def _sample_of_blocks(x: torch.Tensor, budget: Optional[int], scratch: Scratch) -> Optional[torch.Tensor]:
+    """About ``budget`` elements of the flat ``x``: one block of :data:`SAMPLE_BLOCK` in every
+    ``k``, from a block drawn once a step per size (:meth:`Scratch.block_offset`), copied in order
+    into a scratch buffer; None where ``x`` is not larger than that (read it all)."""
+    n = x.numel()
+    if budget is None or n <= budget:
+        return None
+    blocks = n // SAMPLE_BLOCK
+    every = -(-blocks // max(1, budget // SAMPLE_BLOCK))
+    if every <= 1:
+        return None
+    rows = x[:blocks * SAMPLE_BLOCK].view(blocks, SAMPLE_BLOCK)[scratch.block_offset(n, every, x.device)::every]
+    out = scratch.take("b", rows.numel(), x.dtype, x.device)
+    out.view(rows.shape).copy_(rows)
+    return out
+
+
+def _scaled(n: int, read: int, total: Any, squares: Any, nonzero: Any) -> Tuple[Any, Any, Any]:
+    """Sums over ``read`` of ``n`` elements scaled to all ``n``; the non-zero count as ``n`` less
+    the zeros scaled, so that a sample without zeros gives exactly ``n``."""
+    scale = n / read
+    return total * scale, squares * scale, None if nonzero is None else n - (read - nonzero) * scale
 
 
 def _moments_in_pieces(x: torch.Tensor, scratch: Scratch, picks: Optional[torch.Tensor] = None,

@@ -1,0 +1,123 @@
+"""Statistics from a sample of blocks (``moments_sample``): what is read, how it is scaled, and
+when the probes use it (a logging step close after the one before)."""
+import pytest
+import torch
+from torch import nn
+
+from probes import ActivationStats, GradientStats, MemorySink, Monitor, stats
+
+PIECE, BLOCK = stats.PIECE, stats.SAMPLE_BLOCK
+
+
+def blocks_of(x, every, first):
+    """Every ``every``-th whole block from block ``first`` (a short last block is never read)."""
+    whole = x.numel() // BLOCK
+    return x[:whole * BLOCK].reshape(whole, BLOCK)[first::every].reshape(-1)
+
+
+@pytest.mark.parametrize("host_records", [True, False])
+def test_a_sampled_summary_is_its_blocks_scaled_to_the_whole(host_records):
+    torch.manual_seed(0)
+    n = 10 * PIECE + 123  # 640 whole blocks and a short one
+    x = torch.randn(n).clamp_(min=0) * torch.linspace(0.5, 2.0, n)  # blocks differ: the right ones must be read
+    budget = 2 * PIECE  # 128 blocks
+    s = stats.summarize(x, 30, stats.Scratch(host_records=host_records), sample=2**12, zeros=True,
+                        moments_sample=budget)
+    every = 5  # one block in 5
+    number = lambda v: float(v)  # noqa: E731  (host numbers or 0-d tensors alike)
+    matches = []
+    for first in range(every):
+        part = blocks_of(x, every, first)
+        scale = n / part.numel()
+        want_total = float(part.double().sum()) * scale
+        if abs(number(s.hist.sum) - want_total) <= 1e-4 * abs(want_total):
+            matches.append((first, part, scale))
+    assert len(matches) == 1, "the sum is that of exactly one choice of blocks, scaled"
+    first, part, scale = matches[0]
+    assert part.numel() == budget
+    assert number(s.hist.sum_squares) == pytest.approx(float((part.double() ** 2).sum()) * scale, rel=1e-5)
+    assert number(s.norm) == pytest.approx((float((part.double() ** 2).sum()) * scale) ** 0.5, rel=1e-5)
+    assert number(s.zero_fraction) == pytest.approx(float((part == 0).double().mean()), abs=1e-7)
+    assert (number(s.hist.min), number(s.hist.max)) == (float(part.min()), float(part.max()))
+    assert number(s.hist.num) == n
+    counts = torch.as_tensor(s.hist.bucket_counts, dtype=torch.float64)
+    assert float(counts.sum()) == pytest.approx(n, rel=1e-6)  # the picks in the blocks, scaled to all
+
+
+def test_small_tensors_and_exact_choices_read_everything():
+    torch.manual_seed(1)
+    x = torch.randn(3 * PIECE)
+    exact = stats.summarize(x, 30, stats.Scratch(), sample=2**12)
+    for budget in (None, 3 * PIECE, 4 * PIECE):
+        s = stats.summarize(x, 30, stats.Scratch(), sample=2**12, moments_sample=budget)
+        assert float(s.hist.sum) == float(exact.hist.sum) and float(s.hist.max) == float(exact.hist.max)
+    assert stats.moments_budget("auto", close=False) is None
+    assert stats.moments_budget("auto", close=True) == stats.MOMENTS_SAMPLE
+    assert stats.moments_budget("exact", close=True) is None and stats.moments_budget(None, close=True) is None
+    assert stats.moments_budget(PIECE * 3, close=False) == PIECE * 3
+
+
+@pytest.mark.parametrize("bad", [1000, "sampled", 2.5, True])
+def test_a_moments_sample_that_cannot_work_is_refused_when_the_probe_is_made(bad):
+    for cls in (ActivationStats, GradientStats):
+        with pytest.raises(ValueError, match="moments_sample"):
+            cls(moments_sample=bad)
+
+
+def wide_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(32, 8192), nn.ReLU(), nn.Linear(8192, 1))  # a 128-batch output: 1 M elements
+
+
+def run(every, steps, **kw):
+    model = wide_net()
+    sink = MemorySink()
+    monitor = Monitor([ActivationStats(**kw), GradientStats(**kw)], sink=sink, every=every).attach(model)
+    torch.manual_seed(2)
+    xs = [torch.randn(128, 32) for _ in range(steps)]
+    exact = []
+    for x in xs:
+        with torch.no_grad():  # not a training pass: not measured
+            exact.append(float(model[0](x).double().norm()))
+        model(x).pow(2).mean().backward()
+        monitor.step()
+        model.zero_grad()
+    monitor.detach()
+    norms = {s: h.sum_squares ** 0.5 for s, h in sink.histograms["activations/0"]}
+    return norms, exact, sink
+
+
+def test_logging_every_step_samples_from_the_second_log_on_and_sparse_logs_stay_exact():
+    norms, exact, sink = run(every=1, steps=3)
+    assert norms[0] == pytest.approx(exact[0], rel=1e-5)  # the first log: nothing before it, exact
+    for step in (1, 2):  # close after the one before: from two blocks of a 1 M-element output
+        assert norms[step] != pytest.approx(exact[step], rel=1e-5)
+        assert norms[step] == pytest.approx(exact[step], rel=0.05)
+    exact_run, exact_values, exact_sink = run(every=1, steps=3, moments_sample="exact")
+    for step in (0, 1, 2):
+        assert exact_run[step] == pytest.approx(exact_values[step], rel=1e-5)
+    sampled_grads, exact_grads = (dict(sk.scalars["output_grad_norm/1"]) for sk in (sink, exact_sink))
+    assert sampled_grads[0] == pytest.approx(exact_grads[0], rel=1e-6)  # the ReLU's 1 M-element output gradient
+    assert sampled_grads[1] != pytest.approx(exact_grads[1], rel=1e-5)
+    assert sampled_grads[1] == pytest.approx(exact_grads[1], rel=0.05)
+    # parameter gradients are always read whole
+    assert dict(sink.scalars["grad_norm/2.weight"]) == pytest.approx(dict(exact_sink.scalars["grad_norm/2.weight"]))
+    sparse, exact_sparse, _ = run(every=2, steps=3)
+    assert sparse[2] != pytest.approx(exact_sparse[2], rel=1e-5)  # 2 steps apart is still close
+
+
+def test_the_default_interval_reads_every_element():
+    model = wide_net()
+    sink = MemorySink()
+    monitor = Monitor([ActivationStats()], sink=sink, every=stats.CLOSE_LOGS).attach(model)
+    torch.manual_seed(2)
+    for step in range(stats.CLOSE_LOGS + 1):
+        x = torch.randn(128, 32)
+        with torch.no_grad():
+            h = model[0](x)
+        model(x).sum().backward()
+        monitor.step()
+    monitor.detach()
+    (first, h0), (last, h1) = sink.histograms["activations/0"]
+    assert (first, last) == (0, stats.CLOSE_LOGS)
+    assert h1.max == float(h.max()) and h1.sum_squares ** 0.5 == pytest.approx(float(h.double().norm()), rel=1e-5)
