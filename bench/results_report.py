@@ -79,27 +79,30 @@ def write_report(r: Dict) -> str:
         "one logging step in 100 give the "
         f"default-interval figure (from whole steps instead: {_s(po['probe_overhead_default_from_whole_steps'])}). "
         f"When every step logs: {_every_step(po)} with bucket counts from a "
-        f"{HIST_SAMPLE:,}-element stratified sample per tensor (the default), "
-        f"{po['every_step_exact_hist_ratio']['median']}x counting every element (`hist_sample=None`). From "
+        f"{HIST_SAMPLE:,}-element stratified sample per tensor (the default); "
+        + (f"{po['every_step_exact_ratio']['median']}x reading every element, as a logging step at the default "
+           "interval does (`moments_sample='exact'`). " if "every_step_exact_ratio" in po else
+           f"{po['every_step_exact_hist_ratio']['median']}x counting every element (`hist_sample=None`). ")
+        + "From "
         "measurements made while writing this benchmark (not repeated by it): a logging step of the cnn at batch "
-        "128 summarises ~62 M elements (every layer's output and output gradient, every parameter gradient); sum, "
-        "min/max, sum of squares and the exact zero count are vectorised, memory-bound passes, but putting each "
-        "element in its bucket is a scalar loop (`bincount`, ~3 ns an element on this CPU), about 0.2 s per step "
-        "on its own; hence the sample. Min, max, sum, sum of squares, norms and zero fractions stay exact. Each "
-        "tensor is read from memory once, in cache-sized pieces, and a ReLU's output is summarised from its "
-        "input's pass (probes/stats.py).",
+        "128 summarises ~57 M elements read whole (every layer's output and output gradient, every parameter "
+        "gradient); sum, min/max, sum of squares and the exact zero count are vectorised, memory-bound passes, but "
+        "putting each element in its bucket is a scalar loop (`bincount`, ~3 ns an element on this CPU), about 0.2 s "
+        "per step on its own; hence the histogram sample. Each tensor is read from memory once, in cache-sized "
+        "pieces, and a ReLU's output is summarised from its input's pass (probes/stats.py). A logging step that "
+        "comes fewer than 20 steps after the one before (here every step) has no quiet steps to spread its cost "
+        "over, so its layer outputs and output gradients of more than 524,288 elements are read as one 16 KiB "
+        "block in k, spread over the batch (`moments_sample`, probes/stats.py): their sums and norms are scaled "
+        "estimates, their zero fractions and extremes the blocks'. Parameter gradients, and every statistic at the "
+        "default interval, are exact.",
         "",
     ]
     if goal_unmet(r, "probe_overhead_every_step"):
-        lines += ["The every-step goal is **not met** as measured. What is left is a few full passes over every "
-                  "activation and gradient of the step: a sum that streams each piece in, then min, "
-                  "max and the sum of squares from cache, and a sign for the exact zero count. Measured while writing "
-                  "this (probe methods wrapped, one thread, logging every step): ActivationStats 28 ms a step, "
-                  "GradientStats 31 ms, DeadUnits 1 ms, Monitor.step 5 ms, against a 190 ms bare step. Two threads "
-                  "speed the convolutions up ~1.8x but these passes less, so the ratio is worse at the default "
-                  "thread count than at one. The port's own step got ~20% faster this round (dropout, flatten, "
-                  "malloc), with the probes' work unchanged, which raised every ratio against it. Reaching 1.3 "
-                  "would need the moments from a sample, i.e. inexact norms, which the probes do not do.", ""]
+        lines += ["The every-step goal is **not met** as measured. What is left: the parameter gradients read "
+                  "whole (the dense layer's 1.2 M), the blocks copied and read, ~16 histogram samples of 16,384 "
+                  "elements bucketed, the sink's ~90 events a step, and the per-tensor ops of every summary (a few "
+                  "microseconds each). Two threads speed the convolutions up ~1.8x but these passes less, so the "
+                  "ratio is worse at the default thread count than at one.", ""]
     lines += speed_sections(r) + [
         f"**Memory.** Peak RSS without probes {_s(mem['peak_rss_mb']['bare'], ' MB', 1)}, with "
         f"{_s(mem['peak_rss_mb']['probes'], ' MB', 1)} ({mem['peak_method']}); the ratio includes the Python, torch "

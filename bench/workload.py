@@ -48,11 +48,15 @@ def train_step(model, optimizer, x, y, monitor: Optional[Monitor] = None, end_st
     return loss
 
 
-def probed(model, log_dir: str, log_every: int, hist_sample="default", clock: Optional[HookClock] = None) -> Monitor:
+def probed(model, log_dir: str, log_every: int, hist_sample="default", clock: Optional[HookClock] = None,
+           moments_sample="default") -> Monitor:
     """train.py's probes (:data:`TRAIN_PY_PROBES`: activations, gradients, dead units, the input's
     scale and the output's form, and the non-finite sentinel) with a TensorBoard sink; ``with``
-    it, or ``__exit__`` to detach and close. ``hist_sample`` goes to the two statistics probes."""
+    it, or ``__exit__`` to detach and close. ``hist_sample`` and ``moments_sample`` go to the two
+    statistics probes."""
     kw = {} if hist_sample == "default" else {"hist_sample": hist_sample}
+    if moments_sample != "default":
+        kw["moments_sample"] = moments_sample
     probes = [cls(**kw) if cls in (ActivationStats, GradientStats) else cls() for cls in TRAIN_PY_PROBES]
     if clock is not None:
         for probe in probes:
