@@ -47,7 +47,9 @@ def suspended() -> Iterator[None]:
 
 
 def is_suspended() -> bool:
-    return getattr(_suspension, "depth", 0) > 0
+    # the process-wide count first: a hook asks on every pass, and a thread-local that was never
+    # set (no suspension in this thread yet) is read through an AttributeError
+    return _SUSPENDED > 0 and getattr(_suspension, "depth", 0) > 0
 
 
 #: Whether this code is being traced by ``torch.compile`` (Dynamo) now: torch's own function,
@@ -150,6 +152,7 @@ class Probe:
         self._hook_calls = 0
         self._compiled_call = False
         self._compiled_skip = False  # a compiled graph skipped this (not traceable) probe's hooks
+        self._held: Optional[Any] = None  # a probes.held.Held: tensors its hooks keep to fold later
         #: whether this logging step comes close after the one before (fewer than
         #: :data:`probes.stats.CLOSE_LOGS` steps): set by the monitor; statistics probes may then
         #: summarise large tensors from samples (:func:`probes.stats.moments_budget`)
@@ -185,6 +188,8 @@ class Probe:
         self._disarm()
         while self._handles:
             self._handles.pop().remove()
+        if self._held is not None:
+            self._held.close()  # what the hooks held, folded
         if self._model is not None:
             self._on_detach()
         if self._scratch is not None:
@@ -285,10 +290,11 @@ class Probe:
                 self._call_index = 0
                 fn(module, *args)
             return
-        if not self.measuring:
+        # (on every training pass of a per-step hook: as few Python operations as can be)
+        if self._model is None or (_SUSPENDED and is_suspended()):  # not self.measuring
             return
         key = (id(module), pre)
-        if in_backward():
+        if _GRAPH_TASK_ID is not None and _GRAPH_TASK_ID() != -1:  # in_backward()
             done = self._recomputed.get(key, 0) + 1
             self._recomputed[key] = done
             if done <= self._forwarded.get(key, 0):
@@ -338,6 +344,12 @@ class Probe:
 
     def _on_detach(self) -> None:
         """Release per-attach state beyond hooks (hooks are removed already)."""
+
+    def _settle(self) -> None:
+        """Fold what the hooks hold to fold later (:class:`probes.held.Held`) into the state:
+        called before the state is read or replaced (here, and by a subclass's readers)."""
+        if self._held is not None:
+            self._held.fold()
 
     def _on_arm(self, model: nn.Module) -> None:
         """Register hooks needed only on logging steps (``armed=True``). Called when a logging
@@ -398,6 +410,7 @@ class Probe:
         """What a resumed run needs to go on measuring exactly as if never stopped: the
         declared :attr:`state`, records not yet collected and the sampler's generator, as
         tensors and plain Python values (``torch.load(weights_only=True)`` reads it back)."""
+        self._settle()
         out = {attr: _copy(getattr(self, attr)) for attr in self.state}
         out["_records"] = [_record_state(r) for r in self._records]
         out["_sampler"] = self._scratch.generator_states() if self._scratch is not None else {}
@@ -409,6 +422,7 @@ class Probe:
         missing = set(self.state) - set(state)
         if missing:
             raise ValueError(f"{type(self).__name__}: the saved state lacks {sorted(missing)}")
+        self._settle()  # what the hooks hold belongs to the state being replaced
         for attr in self.state:
             setattr(self, attr, _restore(getattr(self, attr), state[attr], f"{type(self).__name__}.{attr}"))
         self._records = [_record_from_state(r) for r in state.get("_records", [])]
@@ -461,11 +475,13 @@ def _record_from_state(t: tuple) -> Record:
     return Histogram(tag, step, stats.Hist(*value), reduce)
 
 
+_GRAPH_TASK_ID = getattr(torch._C, "_current_graph_task_id", None)
+
+
 def in_backward() -> bool:
     """Whether autograd's engine is running a backward pass now (where a forward call can only
     be activation checkpointing's recomputation)."""
-    task = getattr(torch._C, "_current_graph_task_id", None)
-    return task is not None and task() != -1
+    return _GRAPH_TASK_ID is not None and _GRAPH_TASK_ID() != -1
 
 
 def expect_module(model: Any) -> None:

@@ -1,4 +1,5 @@
 """DeadUnits against a hand computation: units forced dead by a large negative bias."""
+import pytest
 import torch
 from torch import nn
 
@@ -133,3 +134,104 @@ def test_the_first_example_is_read_first_and_the_rest_only_if_a_unit_is_left():
             model(x.requires_grad_())
         assert probe.summary()["layers"]["1"]["dead_units"] == dead
         assert reads.shapes == shapes
+
+
+# -- held outputs (probes.held): a layer with silent units keeps its outputs, read together later --
+
+EVERY = 5
+
+
+def relu_batches(steps=27, size=4):
+    """Inputs of a bare ReLU layer of 6 units (unit u fires where x[:, u] > 0): unit 0 in every
+    pass; unit 1 at steps 3, 12, 13; unit 2 at step 22; unit 3 a NaN at step 8 and fires at step
+    9 (one interval: the NaN must not hide the firing); unit 5 a NaN and a positive entry in the
+    same pass at step 17 (not a firing: that pass's largest entry is NaN) and fires at step 24;
+    unit 4 never."""
+    gen = torch.Generator().manual_seed(0)
+    out = []
+    for step in range(steps):
+        x = -torch.rand(size, 6, generator=gen)
+        x[:, 0] = torch.rand(size, generator=gen) + 0.1
+        for unit, steps_fired in ((1, (3, 12, 13)), (2, (22,)), (3, (9,)), (5, (24,))):
+            if step in steps_fired:
+                x[step % size, unit] = 1.0
+        if step == 8:
+            x[0, 3] = float("nan")
+        if step == 17:
+            x[1, 5], x[2, 5] = float("nan"), 2.0
+        out.append(x)
+    return out
+
+
+def by_hand(data):
+    """From the data: per pass, the units whose largest output is > 0; per logging step, the
+    units fired in the interval it closes; the units fired at all."""
+    fired = [torch.relu(x).amax(0) > 0 for x in data]
+    logs = [s for s in range(len(data)) if s % EVERY == 0]
+    last, count = torch.full((6,), -1), torch.zeros(6, dtype=torch.long)
+    for before, step in zip([-1] + logs, logs):
+        interval = torch.stack(fired[before + 1:step + 1]).any(0)
+        last[interval] = step
+        count += interval
+    return torch.stack(fired).any(0), last, count
+
+
+def dead_units_run(count, data, state=None, start=0, reads=()):
+    from probes import Monitor
+
+    model = nn.Sequential(nn.ReLU())
+    probe = DeadUnits()
+    seen = {}
+    with Monitor([probe], every=EVERY).attach(model) as monitor:
+        probe._held.count = count
+        if state is not None:
+            monitor.load_state_dict(state)
+        for step in range(start, len(data)):
+            model(data[step].clone().requires_grad_()).sum().backward()
+            monitor.step()
+            if step in reads:
+                held = len(probe._held)
+                seen[step] = (held, probe.summary(), monitor.state_dict(), len(probe._held))
+    return probe, seen
+
+
+@pytest.mark.parametrize("count", [64, 3])  # read at the logging steps and reads only / every 3 passes
+def test_held_outputs_give_what_the_data_gives_per_interval_across_summaries_and_checkpoints(count):
+    data = relu_batches()
+    probe, seen = dead_units_run(count, data, reads=(13, 18, 23))
+    for step, (held, summary, _, after) in seen.items():
+        if count == 64:
+            assert held > 0 and after == 0  # the read folded what was held
+        ever, _, _ = by_hand(data[:step + 1])
+        assert summary["layers"]["0"]["dead_units"] == torch.nonzero(~ever).flatten().tolist(), step
+    assert seen[13][1]["layers"]["0"]["dead_units"] == [2, 4, 5] and seen[23][1]["layers"]["0"]["dead_units"] == [4, 5]
+    ever, last, count_fired = by_hand(data)
+    layer = probe.summary()["layers"]["0"]
+    assert layer["dead_units"] == torch.nonzero(~ever).flatten().tolist() == [4]
+    assert layer["examples"] == 4 * 27 and "unchecked_examples" not in layer
+    assert probe.logged_steps == [0, 5, 10, 15, 20, 25]
+    assert probe.last_fired["0"].tolist() == last.tolist() == [25, 15, 25, 10, -1, 25]
+    assert probe.fired_intervals["0"].tolist() == count_fired.tolist()
+    # a run resumed from the state_dict taken mid-interval at step 18 ends where this one does
+    resumed, _ = dead_units_run(count, data, state=seen[18][2], start=19)
+    assert resumed.summary() == probe.summary()
+    assert torch.equal(resumed._interval["0"], probe._interval["0"])  # the open interval too
+
+
+def test_a_held_output_written_in_place_before_it_is_read_is_counted_unchecked_not_read():
+    model = nn.Sequential(nn.Linear(3, 3), nn.ReLU())
+    with torch.no_grad():
+        model[0].weight.copy_(torch.eye(3))
+        model[0].bias.zero_()
+    probe = DeadUnits().attach(model)
+    model(torch.tensor([[1.0, -1.0, -1.0]]))  # the first pass is read at once: units 1 and 2 left
+    out = model(torch.tensor([[1.0, -2.0, -2.0], [1.0, -3.0, -3.0]]))
+    assert len(probe._held) == 1
+    with torch.no_grad():
+        out.add_(5.0)  # after its pass: every unit would look fired
+    layer = probe.summary()["layers"]["1"]
+    assert layer["dead_units"] == [1, 2] and layer["unchecked_examples"] == 2  # not [], as reading it would give
+    assert probe.unchecked == {"1": 2} and probe._held.immediate
+    model(torch.tensor([[-1.0, 1.0, -1.0]]))  # from then on read at once
+    assert len(probe._held) == 0 and probe.summary()["layers"]["1"]["dead_units"] == [2]
+    probe.detach()
