@@ -43,6 +43,7 @@ from models.optimizers import OPTIMIZERS
 from probes import NullSink, Sink, TensorBoardSink, suspended
 from probes.distributed import reduce_state
 from probes.records import HostScalar
+from probes.stats import CLOSE_LOGS, MOMENTS_SAMPLE
 
 
 def train_epoch(runs: List[Run], task: Task, loss_fn, split: Split, batch_size: int, generator: torch.Generator,
@@ -346,6 +347,11 @@ def run(args: argparse.Namespace, ctx: Optional[Context] = None) -> Dict:
     ctx.seed_dropout(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
     print(f"run directory: {run_dir}", flush=True)
+    if args.log_every < CLOSE_LOGS and device.type == "cpu":
+        print(f"logging every {args.log_every} step(s): layer outputs and output gradients of more than "
+              f"{MOMENTS_SAMPLE:,} elements are summarised from a sample of blocks (sums and norms estimated; "
+              f"parameter gradients read whole); --log-every {CLOSE_LOGS} or more reads every element",
+              flush=True)
     per_epoch = 2 if args.dry_run else num_batches(len(train_split), args.batch_size)
     epochs_left = args.epochs - (saved["epoch"] if resuming else 0)
     forecast = Forecast(per_epoch * epochs_left, epochs_left, args.batch_size, len(test_split),

@@ -15,6 +15,8 @@ def test_dry_run_writes_summary_and_tensorboard(tmp_path):
     proc = run_cli("--model", "cnn", "--dry-run", "--epochs", "2", "--log-every", "1", "--test-size", "100",
                    "--run-dir", str(run_dir))
     assert proc.returncode == 0, proc.stderr
+    # logging every step: the run says which statistics are estimated from a sample
+    assert "logging every 1 step(s): layer outputs and output gradients of more than 524,288" in proc.stdout
     summary = read_summary(run_dir)
     assert SUMMARY_KEYS <= summary.keys() and PAIR_SCAN_KEYS <= summary["pair_scan"].keys()
     assert summary["model"] == "cnn" and summary["loss"] == "keras" and summary["steps"] == 4
@@ -46,6 +48,7 @@ def test_diagnosis_of_a_two_step_run_is_printed_saved_and_in_tensorboard(tmp_pat
     assert finding["evidence"]["input_indices"] == always_zero and finding["evidence"]["relation"] == "equal"
     assert finding["evidence"]["examples_seen"] == 256 and summary["steps"] == 2
     assert "diagnosis:\n[info] frozen-by-dead-input" in proc.stdout
+    assert "logging every" not in proc.stdout  # the default interval reads every element: nothing to say
     text = read_events(run_dir).Tensors("findings/text_summary")[-1].tensor_proto.string_val[0].decode()
     assert "frozen-by-dead-input" in text
 
