@@ -64,7 +64,7 @@ def speed_sections(r: Dict) -> List[str]:
                       "(one thread, per-step times inside windows of 100 steps): a step that does not log took "
                       "~100 us more with every probe attached (the monitor alone ~9 us), and the logging step ~7.3 "
                       "ms more, i.e. 73 us a step at the default interval. Inside that step a Python hook call or a "
-                      "small tensor op costs 10-30 us (1 us in a loop of its own), and a step makes about eight: the "
+                      "small tensor op costs 7-36 us (1-2 us in a loop of its own), and a step makes about eight: the "
                       "per-step probes' hooks on the model, its first layer and a ReLU with silent units, and the "
                       "optimizer's pre- and post-step hooks. DeadInputs and DeadUnits now keep their small tensors "
                       "and check them together every 40-64 passes (probes/held.py, every example still checked), "

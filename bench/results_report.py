@@ -92,7 +92,7 @@ def write_report(r: Dict) -> str:
         "pieces, and a ReLU's output is summarised from its input's pass (probes/stats.py). A logging step that "
         "comes fewer than 20 steps after the one before (here every step) has no quiet steps to spread its cost "
         "over, so its layer outputs and output gradients of more than 524,288 elements are read as one 16 KiB "
-        "block in k, spread over the batch (`moments_sample`, probes/stats.py): their sums and norms are scaled "
+        "block drawn in every k, spread over the batch (`moments_sample`, probes/stats.py): their sums and norms are scaled "
         "estimates, their zero fractions and extremes the blocks'. Parameter gradients, and every statistic at the "
         "default interval, are exact.",
         "",

@@ -82,7 +82,7 @@ class DeadInputs(Probe):
         """Bool mask over the features: nonzero in some example seen."""
         self._settle()
         largest = self._largest
-        return largest if largest is None or largest.dtype == torch.bool else largest != 0
+        return None if largest is None else _seen(largest)
 
     @seen_nonzero.setter
     def seen_nonzero(self, value: Optional[torch.Tensor]) -> None:
@@ -216,7 +216,7 @@ class DeadInputs(Probe):
         if self._unchecked >= self.CHECK_EVERY and host_reads_are_free(device):
             self._unchecked = 0
             largest = self._largest
-            self._all_seen = bool((largest if largest.dtype == torch.bool else largest != 0).all())
+            self._all_seen = bool(_seen(largest).all())
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         super().load_state_dict(state)
@@ -236,6 +236,11 @@ class DeadInputs(Probe):
         examples = self._examples + (int(self._examples_compiled) if self._examples_compiled is not None else 0)
         return {"layer": self.layer, "features": self._largest.numel(), "examples": examples,
                 "skipped": self._skipped, "always_zero": zero.tolist(), "feature_kind": self._feature_kind}
+
+
+def _seen(largest: torch.Tensor) -> torch.Tensor:
+    """The running maximum (or the token mask) as "seen nonzero" per feature: not 0 (NaN is seen)."""
+    return largest if largest.dtype == torch.bool else largest != 0
 
 
 def _flat(x: torch.Tensor, per_feature_last: bool) -> torch.Tensor:

@@ -61,21 +61,21 @@ PIECE = 2**18
 DEFER_MAX = 2**12
 
 #: What "summarised from a sample of its blocks" reads of a tensor, at most (see :func:`summarize`'s
-#: ``moments_sample``). The cnn logging every step (its ~57 M elements read whole: the statistics
-#: took ~60-70 ms of a 190 ms one-thread step, 1.34x; 1.45x at two threads) came to 1.18x / 1.29x
-#: with 2**20 and 1.14-1.15x / 1.23-1.26x with 2**19 (bench/run.py --quick's every-step part, the
-#: machine shared with another job).
+#: ``moments_sample``). The cnn logging every step read whole came to 1.48x a bare step (full
+#: bench, two threads); reading whole 1 MiB pieces up to 2**20 elements, 1.18x / 1.29x (one / two
+#: threads), up to 2**19 1.15x / 1.23x, and 16 KiB blocks up to 2**19 (this) 1.17x / 1.26x in the
+#: full bench (bench/RESULTS.md; the others bench/run.py --quick's every-step part).
 MOMENTS_SAMPLE = 2**19
 
 #: Elements of one block of such a sample: 16 KiB of float32, smaller than one example of most
-#: layer outputs (the cnn's convolution outputs hold 9 to 5 blocks an example), so that every
+#: layer outputs (the cnn's convolution outputs hold 5 to 9 blocks an example), so that every
 #: example of the batch is read in part, not a few examples whole.
 SAMPLE_BLOCK = 2**12
 
 #: A logging step fewer than this many steps after the one before is "close" (see
 #: :func:`moments_budget`): the cost of exact statistics is then spread over few steps. On the
-#: cnn on a CPU a logging step's exact statistics cost ~1/3 of a step; spread over 20 steps that is
-#: ~1.7%, under the 2% that the default interval's overhead goal allows.
+#: cnn on a CPU a logging step's exact statistics cost 1/3 to 1/2 of a step (one / two threads);
+#: spread over 20 steps that is 1.7-2.4%, about the 2% the default interval's overhead goal allows.
 CLOSE_LOGS = 20
 
 #: What ``moments_sample`` accepts besides a number of elements.
@@ -97,7 +97,7 @@ def check_moments_choice(choice: Any) -> None:
         return
     if isinstance(choice, bool) or not isinstance(choice, int) or choice < PIECE:
         raise ValueError(f"moments_sample must be 'auto', 'exact' (or None), or a number of elements of at least "
-                         f"{PIECE} (one block), not {choice!r}")
+                         f"{PIECE} (a cache-sized piece: a smaller budget saves nothing), not {choice!r}")
 
 
 class Scratch:
@@ -124,7 +124,7 @@ class Scratch:
         self._generators: Dict[torch.device, torch.Generator] = {}
         self._picks: Dict[tuple, torch.Tensor] = {}
         self._steps: Dict[tuple, torch.Tensor] = {}
-        self._offsets: Dict[tuple, int] = {}  # (size, stride) -> the first block read, drawn once a step
+        self._block_rows: Dict[tuple, torch.Tensor] = {}  # (size, k) -> the blocks read, drawn once a step
         self._piece_picks: Dict[tuple, List[Optional[torch.Tensor]]] = {}  # keyed by the picks' memory
         # the last tensor summarised (flat, detached: holding it keeps its memory from being
         # reused, never an autograd graph), its version and what was asked, and its summary
@@ -176,15 +176,20 @@ class Scratch:
             picks = self._picks[key] = picks.long().clamp_(max=n - 1)
         return picks
 
-    def block_offset(self, n: int, every: int, device: torch.device) -> int:
-        """Which of every ``every`` blocks a tensor of ``n`` elements is read from (0 to
-        ``every - 1``), drawn with the sampling generator; tensors of one size share it until
-        :meth:`new_step`, as they share :meth:`picks`."""
-        key = (n, every, device)
-        found = self._offsets.get(key)
+    def block_rows(self, blocks: int, every: int, device: torch.device) -> torch.Tensor:
+        """The blocks of ``blocks`` that a sample reads: one drawn at random in each group of
+        ``every`` consecutive blocks, independently (one offset for all groups would alias with a
+        tensor's own period: measured on a GPT's attention input gradient, whose first positions
+        hold most of it, a fixed stride of 2 over a sequence's 6 blocks put the norm 36-43% off,
+        one way or the other by step). Drawn with the sampling generator; tensors of one size
+        share the draw until :meth:`new_step`, as they share :meth:`picks`. Blocks after the last
+        whole group are not read."""
+        key = (blocks, every, device)
+        found = self._block_rows.get(key)
         if found is None:
-            found = self._offsets[key] = int(torch.randint(every, (1,), generator=self.generator(device),
-                                                           device=device))
+            groups = blocks // every
+            jitter = torch.randint(every, (groups,), generator=self.generator(device), device=device)
+            found = self._block_rows[key] = torch.arange(0, groups * every, every, device=device) + jitter
         return found
 
     def piece_picks(self, picks: torch.Tensor, n: int, piece: int) -> List[Optional[torch.Tensor]]:
@@ -251,7 +256,7 @@ class Scratch:
         """Draw fresh sample picks from now on."""
         self.resolve()
         self._picks.clear()
-        self._offsets.clear()
+        self._block_rows.clear()
         self._piece_picks.clear()
         self._last = self._rectified = None
         self._calls, self._last_call = 0, -1
@@ -260,7 +265,7 @@ class Scratch:
         self.resolve()
         self._buffers.clear()
         self._picks.clear()
-        self._offsets.clear()
+        self._block_rows.clear()
         self._piece_picks.clear()
         self._last = self._rectified = None
         self._calls, self._last_call = 0, -1
@@ -300,15 +305,13 @@ def summarize(x: torch.Tensor, bins: int = DEFAULT_BINS, scratch: Optional[Scrat
     and sample), without reading ``x`` from memory again (sampled histograms, CPU).
 
     ``moments_sample``: on a CPU, a tensor of more elements than this is summarised from a
-    sample of its blocks of :data:`PIECE` elements (one in every ``k``, starting from one drawn
-    with the scratch's generator, so about this many elements; the same blocks for every tensor
-    of that size in a step) instead of from all of them: the sum, the sum of squares and the
-    norm are the blocks' scaled to the whole (estimates), the zero fraction is the blocks' own,
-    the extremes are the blocks' (the tensor's may lie beyond), and the bucket counts come from
-    the histogram picks that fall in those blocks. Whole blocks keep each one in cache for the
-    other passes, and a layer output's block is a few whole examples of it. On an accelerator,
-    or while torch.compile traces, tensors are summarised whole (a pass there is cheap beside
-    the step).
+    sample of its blocks of :data:`SAMPLE_BLOCK` elements (one drawn in every ``k`` with the
+    scratch's generator, so about this many elements; the same blocks for every tensor of that
+    size in a step, :func:`_sample_of_blocks`) instead of from all of them: the sum, the sum of
+    squares and the norm are the blocks' scaled to the whole (estimates), the zero fraction is
+    the blocks' own, the extremes are the blocks' (the tensor's may lie beyond), and the bucket
+    counts come from the histogram picks drawn over those blocks. On an accelerator, or while
+    torch.compile traces, tensors are summarised whole (a pass there is cheap beside the step).
     """
     x = _flat(x.detach())
     x = x if x.dtype == torch.float32 else x.float()
@@ -619,8 +622,8 @@ def host_reads_are_free(device: torch.device) -> bool:
 
 def _sample_of_blocks(x: torch.Tensor, budget: Optional[int], scratch: Scratch) -> Optional[torch.Tensor]:
     """About ``budget`` elements of the flat ``x``: one block of :data:`SAMPLE_BLOCK` in every
-    ``k``, from a block drawn once a step per size (:meth:`Scratch.block_offset`), copied in order
-    into a scratch buffer; None where ``x`` is not larger than that (read it all)."""
+    ``k``, drawn in each group of ``k`` once a step per size (:meth:`Scratch.block_rows`), copied
+    in order into a scratch buffer; None where ``x`` is not larger than that (read it all)."""
     n = x.numel()
     if budget is None or n <= budget:
         return None
@@ -628,9 +631,10 @@ def _sample_of_blocks(x: torch.Tensor, budget: Optional[int], scratch: Scratch) 
     every = -(-blocks // max(1, budget // SAMPLE_BLOCK))
     if every <= 1:
         return None
-    rows = x[:blocks * SAMPLE_BLOCK].view(blocks, SAMPLE_BLOCK)[scratch.block_offset(n, every, x.device)::every]
-    out = scratch.take("b", rows.numel(), x.dtype, x.device)
-    out.view(rows.shape).copy_(rows)
+    rows = scratch.block_rows(blocks, every, x.device)
+    out = scratch.take("b", rows.numel() * SAMPLE_BLOCK, x.dtype, x.device)
+    torch.index_select(x[:blocks * SAMPLE_BLOCK].view(blocks, SAMPLE_BLOCK), 0, rows,
+                       out=out.view(rows.numel(), SAMPLE_BLOCK))
     return out
 
 
